@@ -1,0 +1,352 @@
+"""
+The GPT-2 model: one module, pre-LN transformer with learned position embeddings and a tied LM head.
+
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig.preset("gpt2"))            # 124M, random init
+    model = GPT.from_pretrained("gpt2")              # OpenAI weights (hub name or local HF directory)
+    out = model.generate(idx, 50, temperature=0.8, top_k=50)
+
+Also here, because several scripts need them: checkpoint state-dict cleaning, training FLOPs per token and MFU.
+"""
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+GPT2_VOCAB_SIZE = 50257  # the real tokenizer size; training pads the embedding table to 50304 for speed
+
+# -----------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # max sequence length
+    vocab_size: int = GPT2_VOCAB_SIZE
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+
+    @staticmethod
+    def preset(name, **overrides):
+        """GPT-2 sizes by name; overrides (e.g. vocab_size=50304) are applied on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model '{name}': choose one of {', '.join(PRESETS)}")
+        return GPTConfig(**{**PRESETS[name], **overrides})
+
+
+PRESETS = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+
+# -----------------------------------------------------------------------------
+# the network
+
+
+class KVCache:
+    """Preallocated keys and values for every layer, so each generated token costs one position."""
+
+    def __init__(self, config, max_len):
+        self.n_layer, self.max_len = config.n_layer, max_len
+        self.k = self.v = None  # allocated on first use, in the dtype attention runs in (autocast or not)
+        self.pos = 0  # positions filled so far, advanced by GPT.forward after the last layer
+
+    def update(self, layer, k, v):
+        """Store this step's keys/values for a layer; return all keys/values so far."""
+        if self.k is None:
+            B, nh, _, hs = k.shape
+            self.k = k.new_zeros((self.n_layer, B, nh, self.max_len, hs))
+            self.v = torch.zeros_like(self.k)
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+
+    def forward(self, x, kv_cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)
+        if k.size(2) == T:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # flash attention where available
+        else:
+            # new queries sit at the end of the cached keys: query i sees keys up to its own position
+            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=k.size(2) - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying: one Parameter for both
+        self.apply(self._init_weights)
+        # residual projections add to the stream once per sublayer, 2 per block: scale them so the
+        # residual variance does not grow with depth (GPT-2 paper)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 * (2 * config.n_layer) ** -0.5)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx, targets=None, kv_cache=None, last_only=False):
+        """idx (B, T) token ids -> (logits, loss). loss is the mean cross-entropy when targets are given
+        (positions with target -1 are ignored). last_only computes the head for the final position only."""
+        B, T = idx.size()
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"input of length {start + T} is longer than block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache, layer)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        x = self.transformer.ln_f(x)
+        if last_only and targets is None:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def num_params(self, exclude_pos=False):
+        n = sum(p.numel() for p in self.parameters())  # the tied weight is counted once
+        return n - self.transformer.wpe.weight.numel() if exclude_pos else n
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """Accepts state dicts saved from torch.compile'd or DDP-wrapped models too."""
+        return super().load_state_dict(clean_state_dict(state_dict), strict=strict, assign=assign)
+
+    def configure_optimizers(self, weight_decay, learning_rate, device_type, fused=None):
+        """AdamW with decay on matrices and embeddings (>= 2-D) only; biases and LayerNorm gains are not decayed."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        if fused is None:
+            fused = device_type == "cuda"  # the fused kernel is one launch per step instead of one per tensor
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+
+    # -------------------------------------------------------------------------
+    # generation
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Continue idx (B, T) by max_new_tokens tokens. temperature 0 means greedy.
+        Uses a KV cache while the sequence fits in block_size; past that, each step re-runs the last
+        block_size tokens (learned positions cannot slide), exactly as a cropped full recompute would."""
+        block_size = self.config.block_size
+        cache_len = min(block_size, idx.size(1) + max_new_tokens)
+        kv_cache = KVCache(self.config, cache_len)
+        logits, _ = self(idx[:, -block_size:], kv_cache=kv_cache, last_only=True)
+        for i in range(max_new_tokens):
+            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+            idx = torch.cat((idx, next_token), dim=1)
+            if i == max_new_tokens - 1:
+                break
+            if kv_cache.pos < block_size:
+                logits, _ = self(next_token, kv_cache=kv_cache, last_only=True)
+            else:
+                logits, _ = self(idx[:, -block_size:], last_only=True)
+        return idx
+
+    @classmethod
+    def from_pretrained(cls, name_or_path):
+        """OpenAI GPT-2 in Hugging Face format: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local
+        directory with config.json and model.safetensors or pytorch_model.bin."""
+        directory = name_or_path if os.path.isdir(name_or_path) else download_hf_model(name_or_path)
+        with open(os.path.join(directory, "config.json")) as f:
+            hf_config = json.load(f)
+        config = GPTConfig(block_size=hf_config["n_positions"], vocab_size=hf_config["vocab_size"],
+                           n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"])
+        model = cls(config)
+        model.load_state_dict(hf_to_our_state_dict(read_hf_weights(directory), model.state_dict()))
+        return model
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """logits (B, V) -> next token ids (B, 1), with temperature, top-k and nucleus (top-p) filtering."""
+    logits = logits.float()
+    if logits.size(-1) > GPT2_VOCAB_SIZE:
+        logits[:, GPT2_VOCAB_SIZE:] = -float("inf")  # padded rows are not tokens; never emit them
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    if top_p is not None:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens ranked above it already cover top_p; the first token always stays
+        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+# -----------------------------------------------------------------------------
+# state dicts: our checkpoints and Hugging Face GPT-2
+
+
+def clean_state_dict(state_dict):
+    """Strip the '_orig_mod.' (torch.compile) and 'module.' (DDP) prefixes from keys."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        for prefix in ("_orig_mod.", "module."):
+            key = key.replace(prefix, "")
+        cleaned[key] = value
+    return cleaned
+
+
+# Hugging Face's GPT-2 uses Conv1D, which stores Linear weights transposed
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def download_hf_model(name):
+    if name not in PRESETS:
+        raise ValueError(f"'{name}' is neither a local directory nor one of {', '.join(PRESETS)}")
+    try:
+        from huggingface_hub import snapshot_download
+        return snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])
+    except Exception as e:
+        raise RuntimeError(f"could not download '{name}' from the Hugging Face hub ({type(e).__name__}); "
+                           f"offline, pass a local directory with config.json and model.safetensors") from None
+
+
+def read_hf_weights(directory):
+    safetensors_path = os.path.join(directory, "model.safetensors")
+    bin_path = os.path.join(directory, "pytorch_model.bin")
+    if os.path.exists(safetensors_path):
+        from safetensors.torch import load_file
+        return load_file(safetensors_path)
+    if os.path.exists(bin_path):
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{directory} has neither model.safetensors nor pytorch_model.bin")
+
+
+def hf_to_our_state_dict(hf_state, our_state):
+    """Map Hugging Face GPT2LMHeadModel / GPT2Model keys onto ours, transposing Conv1D weights."""
+    converted = {}
+    for key, value in hf_state.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # HF's causal-mask buffers, not weights
+        if key == "lm_head.weight":
+            continue  # tied to transformer.wte.weight
+        key = key if key.startswith("transformer.") else "transformer." + key
+        converted[key] = value.t() if key.endswith(HF_TRANSPOSED) else value
+    converted["lm_head.weight"] = converted.get("transformer.wte.weight")
+    missing = sorted(k for k in our_state if converted.get(k) is None)
+    unexpected = sorted(k for k in converted if k not in our_state)
+    if missing or unexpected:
+        raise ValueError(f"Hugging Face weights do not fit GPT-2: missing {missing}, unexpected {unexpected}")
+    wrong = [k for k in our_state if converted[k].shape != our_state[k].shape]
+    if wrong:
+        raise ValueError(f"Hugging Face weights have the wrong shape for {wrong}")
+    return converted
+
+
+# -----------------------------------------------------------------------------
+# FLOPs and MFU
+
+
+def flops_per_token(config, seq_len):
+    """Training FLOPs per token: 6*N + 6*n_layer*n_embd*seq_len.
+    N counts the matmul weights (attention and MLP in every block, plus the lm_head); position embeddings,
+    biases and LayerNorms are left out. The attention term is the QK^T and AV matmuls, 12*L*C*T for full
+    attention, halved because a causal kernel skips the masked half. Forward is 1/3, backward 2/3."""
+    L, C = config.n_layer, config.n_embd
+    matmul_params = L * 12 * C * C + config.vocab_size * C
+    return 6 * matmul_params + 6 * L * C * seq_len
+
+
+# dense bf16/fp16 tensor-core peaks (no sparsity), FLOP/s. Checked in order: specific names before generic.
+PEAK_FLOPS = [
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
+    ("H800", 989e12), ("H20", 148e12), ("B200", 2250e12), ("B100", 1750e12),
+    ("A100", 312e12), ("A800", 312e12), ("A10G", 125e12), ("A10", 125e12), ("A30", 165e12), ("A40", 150e12),
+    ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("RTX 6000 Ada", 364e12), ("RTX A6000", 155e12),
+    ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+]
+
+
+def peak_flops(device_name):
+    """Peak dense 16-bit FLOP/s for a CUDA device name, or None when we do not know the device."""
+    for key, flops in PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+def estimate_mfu(tokens_per_sec, flops_per_tok, device_name):
+    """Model FLOPs utilization as a fraction, or None for an unknown device (never a guess)."""
+    peak = peak_flops(device_name)
+    return None if peak is None else tokens_per_sec * flops_per_tok / peak
+
+
+def format_mfu(mfu):
+    return "unknown" if mfu is None else f"{100 * mfu:.1f}%"

@@ -1,0 +1,230 @@
+import math
+import os
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, clean_state_dict, estimate_mfu, flops_per_token, format_mfu, sample_next_token
+
+TINY = dict(block_size=64, vocab_size=101, n_layer=2, n_head=2, n_embd=64)
+
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**TINY, **overrides})).eval()
+
+
+# -----------------------------------------------------------------------------
+# sizes and structure
+
+def test_param_count_gpt2_124m():
+    with torch.device("meta"):  # no memory, no init cost: counts only
+        assert GPT(GPTConfig.preset("gpt2")).num_params() == 124_439_808
+        assert GPT(GPTConfig.preset("gpt2", vocab_size=50304)).num_params() == 124_475_904
+
+
+def test_presets_match_the_published_sizes():
+    expected_millions = {"gpt2-medium": 354.8, "gpt2-large": 774.0, "gpt2-xl": 1557.6}
+    for name, millions in expected_millions.items():
+        with torch.device("meta"):
+            n = GPT(GPTConfig.preset(name)).num_params()
+        assert abs(n / 1e6 - millions) < 0.1, (name, n)
+    with pytest.raises(ValueError, match="unknown model"):
+        GPTConfig.preset("gpt5")
+
+
+def test_lm_head_is_tied_to_the_token_embedding():
+    model = tiny_model()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+
+
+def test_init_std_of_residual_projections():
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=64, vocab_size=1000, n_layer=8, n_head=4, n_embd=256)
+    model = GPT(config)
+    scaled = 0.02 * (2 * config.n_layer) ** -0.5
+    for block in model.transformer.h:
+        assert block.attn.c_proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
+        assert block.mlp.c_proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
+        assert block.mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
+        assert torch.all(block.attn.c_attn.bias == 0)
+    assert model.transformer.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+def test_causality():
+    model = tiny_model()
+    idx = torch.randint(0, 101, (2, 32))
+    j = 20
+    changed = idx.clone()
+    changed[:, j] = (changed[:, j] + 1) % 101
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert torch.equal(a[:, :j], b[:, :j])
+    assert not torch.allclose(a[:, j:], b[:, j:])
+
+
+def test_loss_is_mean_cross_entropy_and_starts_near_log_vocab():
+    model = tiny_model()
+    idx = torch.randint(0, 101, (4, 32))
+    targets = torch.randint(0, 101, (4, 32))
+    logits, loss = model(idx, targets)
+    assert logits.shape == (4, 32, 101)
+    expected = torch.nn.functional.cross_entropy(logits.view(-1, 101), targets.view(-1))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert abs(loss.item() - math.log(101)) < 0.1
+
+
+def test_too_long_input_names_both_lengths():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="65.*64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_optimizer_decays_only_matrices():
+    model = tiny_model()
+    opt = model.configure_optimizers(weight_decay=0.1, learning_rate=6e-4, device_type="cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    n_total = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == n_total
+    assert opt.defaults["betas"] == (0.9, 0.95) and opt.defaults["eps"] == 1e-8
+
+
+def test_state_dict_from_compiled_or_ddp_model_loads():
+    model = tiny_model(seed=1)
+    prefixed = {"_orig_mod.module." + k: v for k, v in model.state_dict().items()}
+    fresh = tiny_model(seed=2)
+    fresh.load_state_dict(prefixed)
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v)
+    assert set(clean_state_dict(prefixed)) == set(model.state_dict())
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face parity (a random transformers GPT-2, no download)
+
+def save_random_hf_gpt2(directory, safe=True):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_config = transformers.GPT2Config(n_positions=64, n_embd=64, n_layer=2, n_head=2, vocab_size=101)
+    hf_model = transformers.GPT2LMHeadModel(hf_config).eval()
+    hf_model.save_pretrained(directory)
+    if not safe:  # the older pytorch_model.bin layout
+        os.remove(os.path.join(directory, "model.safetensors"))
+        torch.save(hf_model.state_dict(), os.path.join(directory, "pytorch_model.bin"))
+    return hf_model
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_logits_match_huggingface(tmp_path, safe):
+    hf_model = save_random_hf_gpt2(tmp_path, safe)
+    model = GPT.from_pretrained(str(tmp_path)).eval()
+    idx = torch.randint(0, 101, (3, 40))
+    with torch.no_grad():
+        ours, _ = model(idx)
+        theirs = hf_model(idx).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_from_pretrained_lists_missing_keys(tmp_path):
+    save_random_hf_gpt2(tmp_path)
+    from safetensors.torch import load_file, save_file
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["transformer.h.1.mlp.c_fc.weight"]
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"missing \['transformer.h.1.mlp.c_fc.weight'\]"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_unknown_hub_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="neither a local directory"):
+        GPT.from_pretrained("not-a-model")
+
+
+# -----------------------------------------------------------------------------
+# generation
+
+def greedy_without_cache(model, idx, steps):
+    for _ in range(steps):
+        logits, _ = model(idx[:, -model.config.block_size:])
+        idx = torch.cat((idx, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return idx
+
+
+def test_kv_cache_greedy_equals_full_recompute():
+    model = tiny_model()
+    idx = torch.randint(0, 101, (2, 10))
+    assert torch.equal(model.generate(idx, 30, temperature=0), greedy_without_cache(model, idx, 30))
+
+
+def test_generation_past_block_size_equals_cropped_recompute():
+    model = tiny_model()
+    idx = torch.randint(0, 101, (1, 50))
+    assert torch.equal(model.generate(idx, 30, temperature=0), greedy_without_cache(model, idx, 30))
+
+
+def test_kv_cache_logits_equal_full_forward():
+    model = tiny_model()
+    from model import KVCache
+    idx = torch.randint(0, 101, (2, 24))
+    full, _ = model(idx)
+    cache = KVCache(model.config, 24)
+    first, _ = model(idx[:, :16], kv_cache=cache)
+    rest, _ = model(idx[:, 16:], kv_cache=cache)  # several new positions at once exercise the offset mask
+    torch.testing.assert_close(torch.cat((first, rest), dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_top_k_emits_only_the_k_best_tokens():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 101)
+    allowed = torch.topk(logits, 5).indices
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        token = sample_next_token(logits.clone(), top_k=5, generator=gen)
+        assert all(token[b, 0] in allowed[b] for b in range(4))
+
+
+def test_top_p_emits_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    seen = {sample_next_token(logits.clone(), top_p=0.75, generator=gen).item() for _ in range(300)}
+    assert seen == {0, 1}  # 0.5 + 0.3 covers 0.75; tokens 2 and 3 are outside the nucleus
+
+
+def test_padded_vocab_rows_are_never_sampled():
+    logits = torch.full((1, 50304), -10.0)
+    logits[0, 50300] = 10.0
+    gen = torch.Generator().manual_seed(0)
+    assert sample_next_token(logits, generator=gen).item() < 50257
+
+
+def test_seeded_generation_is_reproducible():
+    model = tiny_model()
+    idx = torch.randint(0, 101, (2, 5))
+    runs = [model.generate(idx, 20, top_k=20, top_p=0.9, generator=torch.Generator().manual_seed(42))
+            for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    other = model.generate(idx, 20, top_k=20, top_p=0.9, generator=torch.Generator().manual_seed(43))
+    assert not torch.equal(runs[0], other)
+
+
+# -----------------------------------------------------------------------------
+# FLOPs and MFU
+
+def test_flops_per_token_formula():
+    config = GPTConfig.preset("gpt2")
+    n_matmul = 12 * (12 * 768 * 768) + 50257 * 768
+    assert flops_per_token(config, 1024) == 6 * n_matmul + 6 * 12 * 768 * 1024
+    # about 6 * 124M * (1 + small attention share): a sanity anchor for the formula
+    assert 0.75e9 < flops_per_token(config, 1024) < 0.85e9
+
+
+def test_mfu_by_device_name_and_unknown_devices():
+    assert estimate_mfu(1e6, 989e6, "NVIDIA H100 80GB HBM3") == pytest.approx(1.0)
+    assert estimate_mfu(1e6, 312e6, "NVIDIA A100-SXM4-80GB") == pytest.approx(1.0)
+    assert estimate_mfu(1e6, 756e6, "NVIDIA H100 PCIe") == pytest.approx(1.0)
+    assert estimate_mfu(1e6, 989e6, "NVIDIA H200") == pytest.approx(1.0)
+    assert estimate_mfu(1e6, 1e6, "Some Future GPU") is None
+    assert format_mfu(None) == "unknown" and format_mfu(0.5123) == "51.2%"
