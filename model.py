@@ -215,6 +215,14 @@ class GPT(nn.Module):
         return idx
 
     @classmethod
+    def from_checkpoint(cls, path, device="cpu"):
+        """A model from one of train_gpt2.py's checkpoints (log/model_XXXXX.pt)."""
+        checkpoint = load_checkpoint(path)
+        model = cls(GPTConfig(**checkpoint["config"]))
+        model.load_state_dict(checkpoint["model"])
+        return model.to(device)
+
+    @classmethod
     def from_pretrained(cls, name_or_path):
         """OpenAI GPT-2 in Hugging Face format: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local
         directory with config.json and model.safetensors or pytorch_model.bin."""
@@ -261,6 +269,21 @@ def clean_state_dict(state_dict):
             key = key.replace(prefix, "")
         cleaned[key] = value
     return cleaned
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a checkpoint dict without executing pickled code (weights_only=True rejects anything but tensors
+    and plain containers), with one clear error for a missing, truncated or unsafe file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load checkpoint {path}: corrupt, truncated or unsafe file ({reason[:200]})") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
+        raise ValueError(f"{path} is not a train_gpt2.py checkpoint (it needs 'model' and 'config' entries)")
+    return checkpoint
 
 
 # Hugging Face's GPT-2 uses Conv1D, which stores Linear weights transposed

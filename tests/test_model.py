@@ -228,3 +228,39 @@ def test_mfu_by_device_name_and_unknown_devices():
     assert estimate_mfu(1e6, 989e6, "NVIDIA H200") == pytest.approx(1.0)
     assert estimate_mfu(1e6, 1e6, "Some Future GPU") is None
     assert format_mfu(None) == "unknown" and format_mfu(0.5123) == "51.2%"
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+def test_checkpoint_round_trip(tmp_path):
+    from dataclasses import asdict
+    model = tiny_model(seed=3)
+    path = tmp_path / "model_00010.pt"
+    torch.save({"model": model.state_dict(), "config": asdict(model.config), "step": 10}, path)
+    loaded = GPT.from_checkpoint(str(path)).eval()
+    idx = torch.randint(0, 101, (1, 16))
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+
+
+def test_unsafe_or_corrupt_checkpoint_is_rejected(tmp_path):
+    from model import load_checkpoint
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Evil(), "config": {}}, evil)
+    with pytest.raises(ValueError, match="unsafe"):
+        load_checkpoint(str(evil))
+    assert not marker.exists()  # the pickled code never ran
+    truncated = tmp_path / "truncated.pt"
+    model = tiny_model()
+    torch.save({"model": model.state_dict(), "config": {}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(str(truncated))
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(str(tmp_path / "missing.pt"))
