@@ -1,0 +1,173 @@
+"""
+Generate text from one of our checkpoints or from OpenAI's GPT-2.
+
+    python sample.py -c log/model_19072.pt --prompt "Hello, I'm a language model," --num-samples 5
+    python sample.py -c log/model_19072.pt --num-samples 1 --max-new-tokens 500   # streams as it goes
+    python sample.py -m gpt2 --temperature 0.8 --top-k 50 --top-p 0.95 --seed 42
+    python sample.py -m hf_dir/                    # a Hugging Face-format directory, e.g. export_hf.py's output
+
+The text goes to stdout (the prompt, then the continuation; samples separated by a header line), everything else
+to stderr. One sample is printed token by token as it is generated; the streamed text is exactly what
+--no-stream prints for the same --seed. An empty prompt starts from <|endoftext|>, i.e. a fresh document.
+"""
+
+import argparse
+import codecs
+import contextlib
+import os
+import sys
+
+import torch
+
+from model import GPT, GPT2_VOCAB_SIZE, KVCache, sample_next_token
+
+EOT = 50256  # <|endoftext|>, which precedes every document in training
+
+# -----------------------------------------------------------------------------
+# device and model
+
+
+def pick_device(name):
+    """'auto' means the fastest device here: cuda, then mps (Apple), then cpu."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}, but torch sees no CUDA GPU here; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps, but MPS is not available here; use --device auto or cpu")
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def autocast_context(device):
+    """bf16 autocast on CUDA (fp16 on GPUs without bf16), full fp32 elsewhere."""
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def load_model(checkpoint, model_name, device):
+    """A model from one of our checkpoints (-c) or a Hugging Face GPT-2 name/directory (-m), in eval mode."""
+    model = GPT.from_checkpoint(checkpoint, device) if checkpoint else GPT.from_pretrained(model_name).to(device)
+    if model.config.vocab_size < GPT2_VOCAB_SIZE:
+        raise ValueError(f"{checkpoint or model_name} has vocab_size {model.config.vocab_size}, smaller than the "
+                         f"GPT-2 tokenizer's {GPT2_VOCAB_SIZE}: it was not trained on GPT-2 tokens")
+    return model.eval()
+
+
+# -----------------------------------------------------------------------------
+# tokens in, tokens out, text out
+
+
+def encode_prompt(enc, prompt):
+    """Prompt -> token ids. '<|endoftext|>' in the prompt is the special token; an empty prompt is just that."""
+    return enc.encode(prompt, allowed_special={"<|endoftext|>"}) if prompt else [EOT]
+
+
+@torch.no_grad()
+def stream_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """GPT.generate one token at a time: yields each new token (B, 1) as soon as it is sampled.
+    The same KV cache, the same forward calls and the same sampling calls in the same order as
+    model.GPT.generate, so with an equally seeded generator the tokens are exactly generate's."""
+    block_size = model.config.block_size
+    kv_cache = KVCache(model.config, min(block_size, idx.size(1) + max_new_tokens))
+    logits, _ = model(idx[:, -block_size:], kv_cache=kv_cache, last_only=True)
+    for i in range(max_new_tokens):
+        next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+        yield next_token
+        idx = torch.cat((idx, next_token), dim=1)
+        if i == max_new_tokens - 1:
+            break
+        if kv_cache.pos < block_size:
+            logits, _ = model(next_token, kv_cache=kv_cache, last_only=True)
+        else:  # the cache is full: learned positions cannot slide, so re-run the last block_size tokens
+            logits, _ = model(idx[:, -block_size:], last_only=True)
+
+
+def stream_text(enc, tokens):
+    """Token ids -> pieces of text, as soon as they are complete characters. A GPT-2 token can end in the middle
+    of a UTF-8 character (emoji, CJK), so bytes are decoded incrementally: a partial character waits for the
+    next token instead of printing as '\ufffd'. The pieces join to exactly enc.decode(tokens)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # tiktoken's decode also uses 'replace'
+    for token in tokens:
+        piece = decoder.decode(enc.decode_single_token_bytes(int(token)))
+        if piece:
+            yield piece
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
+# -----------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-c", "--checkpoint", help="one of train_gpt2.py's checkpoints, e.g. log/model_19072.pt")
+    source.add_argument("-m", "--model", help="OpenAI GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local "
+                                              "Hugging Face-format directory")
+    parser.add_argument("--prompt", default="Hello, I'm a language model,", help="text to continue")
+    parser.add_argument("--num-samples", type=int, default=5, help="independent samples, generated as one batch")
+    parser.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate per sample")
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 is greedy")
+    parser.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0: all")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set of tokens "
+                                                                  "with this much probability; None: off")
+    parser.add_argument("--seed", type=int, default=None, help="random seed; None: a fresh one, printed to stderr")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--no-stream", action="store_true", help="with one sample, print it only when complete")
+    args = parser.parse_args(argv)
+    if args.num_samples < 1 or args.max_new_tokens < 1:
+        raise ValueError("--num-samples and --max-new-tokens must be at least 1")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 is greedy), got {args.temperature}")
+    if args.top_k < 0:
+        raise ValueError(f"--top-k must be >= 0 (0 turns it off), got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    from fineweb import get_tokenizer  # the one GPT-2 tokenizer of this repo (works offline)
+    enc = get_tokenizer()
+    prompt_tokens = encode_prompt(enc, args.prompt)
+    model = load_model(args.checkpoint, args.model, device)
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    print(f"{args.checkpoint or args.model}: {model.num_params() / 1e6:.2f}M parameters on {device}, seed {seed}",
+          file=sys.stderr)
+
+    idx = torch.tensor([prompt_tokens], dtype=torch.long, device=device)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, generator=generator)
+    shown_prompt = args.prompt  # an empty prompt's <|endoftext|> is not shown
+    with autocast_context(device):
+        if args.num_samples == 1 and not args.no_stream:
+            sys.stdout.write(shown_prompt)
+            new_tokens = (token.item() for token in stream_tokens(model, idx, args.max_new_tokens, **sampling))
+            for piece in stream_text(enc, new_tokens):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return
+        out = model.generate(idx.repeat(args.num_samples, 1), args.max_new_tokens, **sampling)
+    for i, row in enumerate(out[:, len(prompt_tokens):].tolist()):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}/{args.num_samples} ---")
+        print(shown_prompt + "".join(stream_text(enc, row)))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,129 @@
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fineweb import get_tokenizer
+from model import GPT, GPTConfig
+from sample import encode_prompt, main, stream_text, stream_tokens
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)  # padded vocab, like training
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = GPTConfig(**TINY)
+    model = GPT(config)
+    path = tmp_path_factory.mktemp("ckpt") / "model_00010.pt"
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(config), "step": 10}, path)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_sample(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+# -----------------------------------------------------------------------------
+# tokens
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=1.0, top_k=50), dict(temperature=0.8, top_p=0.9),
+                                      dict(temperature=0)])
+def test_stream_tokens_are_exactly_generates_tokens(checkpoint, sampling):
+    model = GPT.from_checkpoint(checkpoint).eval()
+    idx = torch.randint(0, 50257, (2, 10), generator=torch.Generator().manual_seed(1))
+    max_new = 70  # 10 + 70 > block_size 64: covers both the KV cache and the cropped recompute past it
+    expected = model.generate(idx, max_new, generator=torch.Generator().manual_seed(7), **sampling)[:, 10:]
+    streamed = list(stream_tokens(model, idx, max_new, generator=torch.Generator().manual_seed(7), **sampling))
+    assert len(streamed) == max_new and all(token.shape == (2, 1) for token in streamed)
+    assert torch.equal(torch.cat(streamed, dim=1), expected)
+    assert expected.max().item() < 50257  # the padded vocab rows are never sampled
+
+
+def test_encode_prompt_empty_and_special():
+    enc = get_tokenizer()
+    assert encode_prompt(enc, "") == [50256]
+    assert encode_prompt(enc, "<|endoftext|>Hello") == [50256] + enc.encode("Hello")
+
+
+def test_stream_text_never_prints_half_a_character():
+    enc = get_tokenizer()
+    text = "héllo 🤖 世界 naïve"
+    tokens = enc.encode(text)
+    assert len(tokens) > len(text.split())  # the emoji and the CJK characters are split across tokens
+    pieces = list(stream_text(enc, tokens))
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+    # bytes that never complete a character are replaced exactly as tiktoken's decode replaces them
+    broken = enc.encode("🤖")[:2] + enc.encode(" ok")
+    assert "".join(stream_text(enc, broken)) == enc.decode(broken) == "\ufffd ok"
+
+
+def test_stream_text_yields_before_the_tokens_run_out():
+    enc = get_tokenizer()
+
+    def tokens_then_crash():
+        yield from enc.encode("Hello world")
+        raise RuntimeError("generation is still running")
+
+    pieces = stream_text(enc, tokens_then_crash())
+    assert next(pieces) == "Hello" and next(pieces) == " world"
+
+
+def test_bad_flags_raise_a_clear_error(checkpoint):
+    with pytest.raises(ValueError, match="--top-p must be in"):
+        main(["-c", checkpoint, "--top-p", "1.5"])
+    with pytest.raises(ValueError, match="--temperature must be >= 0"):
+        main(["-c", checkpoint, "--temperature", "-1"])
+    with pytest.raises(ValueError, match="at least 1"):
+        main(["-c", checkpoint, "--num-samples", "0"])
+
+
+# -----------------------------------------------------------------------------
+# the CLI, as a user runs it
+
+
+def test_same_seed_same_text_streamed_or_not(checkpoint):
+    flags = ["-c", checkpoint, "--prompt", "The meaning of life is", "--num-samples", "1", "--max-new-tokens", "60",
+             "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95", "--seed", "42", "--device", "cpu"]
+    streamed = run_sample(*flags)
+    again = run_sample(*flags)
+    whole = run_sample(*flags, "--no-stream")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.startswith("The meaning of life is") and len(streamed.stdout) > 60
+    assert streamed.stdout == again.stdout == whole.stdout
+    assert "seed 42" in streamed.stderr
+
+
+def test_several_samples_differ_and_seeds_matter(checkpoint):
+    result = run_sample("-c", checkpoint, "--num-samples", "3", "--max-new-tokens", "20", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    headers = [line for line in lines if line.startswith("--- sample")]
+    assert headers == ["--- sample 1/3 ---", "--- sample 2/3 ---", "--- sample 3/3 ---"]
+    texts = result.stdout.split("---\n")[1:]
+    assert len(set(texts)) == 3 and all(text.startswith("Hello, I'm a language model,") for text in texts)
+    other_seed = run_sample("-c", checkpoint, "--num-samples", "3", "--max-new-tokens", "20", "--seed", "2")
+    assert other_seed.stdout != result.stdout
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path):
+    result = run_sample("-c", str(tmp_path / "model_99999.pt"))
+    assert result.returncode == 2
+    assert result.stderr == f"error: checkpoint {tmp_path / 'model_99999.pt'} does not exist\n"
