@@ -1,0 +1,108 @@
+"""
+HellaSwag throughput: examples/s with many examples per forward pass against one example per forward pass (the
+reference scripts' way), on the same model in the same process, alternated, medians.
+
+    python bench_hellaswag.py                                # small random model, synthetic examples, CPU
+    python bench_hellaswag.py --data-file hellaswag/hellaswag_val.jsonl --device cuda --dtype bf16
+
+Without --data-file the examples are synthetic: HellaSwag's shape (a context and 4 endings) with random words,
+so the benchmark runs offline. Each timed run is a full hellaswag.evaluate() call, tokenization included.
+"""
+
+import argparse
+import random
+import statistics
+import sys
+import time
+
+import torch
+
+import hellaswag
+from model import GPT, GPTConfig
+
+WORDS = ("the a man woman dog ball runs walks into house garden water slowly quickly then after before he she "
+         "they picks up puts down looks at table chair kitchen cuts paper knife bike ride street car window "
+         "opens closes shows camera smiles talks about how to make cake with flour eggs sugar and mixes bowl "
+         "pours onto plate sits stands next people crowd cheers plays guitar piano song sings dances music").split()
+
+
+def synthetic_examples(n, seed=0, ctx_words=(10, 90), ending_words=(5, 40)):
+    """n HellaSwag-shaped examples of random words; lengths roughly span the real validation set's."""
+    rng = random.Random(seed)
+    sentence = lambda lo_hi: " ".join(rng.choice(WORDS) for _ in range(rng.randint(*lo_hi))) + "."  # noqa: E731
+    examples = []
+    for i in range(n):
+        ctx_a, ctx_b = sentence(ctx_words), rng.choice(WORDS)
+        examples.append(dict(ind=i, activity_label="Synthetic", ctx_a=ctx_a, ctx_b=ctx_b, ctx=ctx_a + " " + ctx_b,
+                             endings=[sentence(ending_words) for _ in range(4)], label=rng.randrange(4),
+                             split="val", split_type="indomain", source_id=f"synthetic~{i}"))
+    return examples
+
+
+def time_evaluate(model, examples, device, batch_size, autocast_dtype):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    hellaswag.evaluate(model, examples, device, batch_size=batch_size, autocast_dtype=autocast_dtype)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return len(examples) / (time.perf_counter() - start)
+
+
+def predictions(model, examples, device, batch_size, autocast_dtype):
+    results = hellaswag.score_examples(model, examples, device, batch_size, autocast_dtype)
+    return [(r["pred"], r["pred_norm"], r["harness_pred"], r["harness_pred_norm"]) for r in results]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-file", default=None, help="a HellaSwag jsonl; default: synthetic examples")
+    parser.add_argument("--n-examples", type=int, default=64, help="examples per timed run")
+    parser.add_argument("--batch-size", type=int, default=16, help="examples per forward pass, batched mode")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each mode (after one warm-up each)")
+    parser.add_argument("--n-layer", type=int, default=4)
+    parser.add_argument("--n-head", type=int, default=4)
+    parser.add_argument("--n-embd", type=int, default=256)
+    parser.add_argument("--block-size", type=int, default=1024)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=list(hellaswag.DTYPES))
+    args = parser.parse_args()
+    for name in ("n_examples", "batch_size", "repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+
+    if args.data_file:
+        examples = hellaswag.load_examples(data_file=args.data_file, limit=args.n_examples)
+        data = args.data_file
+    else:
+        examples = synthetic_examples(args.n_examples)
+        data = "synthetic"
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+    model = GPT(config).to(args.device).eval()
+    autocast_dtype = hellaswag.DTYPES[args.dtype]
+    print(f"model: {config} ({model.num_params() / 1e6:.1f}M params), device {args.device}, dtype {args.dtype}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"data: {data}, {len(examples)} examples per run")
+
+    same = predictions(model, examples, args.device, args.batch_size, autocast_dtype) == \
+        predictions(model, examples, args.device, 1, autocast_dtype)  # also the warm-up
+    batched, single = [], []
+    for _ in range(args.repeats):  # A B A B ...: drift on a shared machine hits both modes alike
+        batched.append(time_evaluate(model, examples, args.device, args.batch_size, autocast_dtype))
+        single.append(time_evaluate(model, examples, args.device, 1, autocast_dtype))
+    batched_median, single_median = statistics.median(batched), statistics.median(single)
+    print(f"batched ({args.batch_size} examples/forward): " + " ".join(f"{x:.1f}" for x in batched) + " ex/s")
+    print("one example/forward:          " + " ".join(f"{x:.1f}" for x in single) + " ex/s")
+    print(f"median: batched {batched_median:.1f} ex/s, one per forward {single_median:.1f} ex/s, "
+          f"batched/one-per-forward: {batched_median / single_median:.2f}x")
+    print(f"same predictions: {'yes' if same else 'NO'}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
