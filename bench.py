@@ -1,0 +1,474 @@
+"""
+Training throughput and MFU of GPT-2, measured on random tokens with train_gpt2.py's own training step.
+
+    python bench.py                                 # GPT-2 124M, B=64, T=1024, bf16, compiled (CPU: a tiny model)
+    python bench.py --batch-size 32 --grad-accum 2  # the same tokens per step in half the activation memory
+    python bench.py --compare                       # eager/compiled, fused/foreach AdamW, flash/manual attention
+    python bench.py --profile                       # and then the top kernels from torch.profiler
+
+Figures are the median over the timed steps; warm-up (and with it torch.compile) is excluded. MFU counts the
+model FLOPs of model.flops_per_token (6*N + 6*n_layer*n_embd*T) against the device's dense bf16 peak, and is
+"unknown" for a device model.py has no peak for (CPU included). Random tokens cost the same FLOPs as text.
+"""
+
+import argparse
+import math
+import resource
+import statistics
+import sys
+import time
+from datetime import date
+
+import torch
+from torch.nn import functional as F
+
+from model import GPT, GPTConfig, PRESETS, estimate_mfu, flops_per_token, format_mfu
+
+# -----------------------------------------------------------------------------
+# defaults, in one place: a GPU measures real GPT-2 training; a CPU runs a smoke-test-sized model
+
+DEVICE_DEFAULTS = {
+    "cuda": dict(model="gpt2", batch_size=64, seq_len=1024, dtype="bf16", compile=True, steps=50, warmup=10),
+    "cpu": dict(model="tiny", batch_size=8, seq_len=64, dtype="fp32", compile=False, steps=20, warmup=3),
+}
+# "tiny" is not GPT-2: its vocabulary is 512 random token ids, not the 50304-row (padded) GPT-2 table, so its
+# figures say whether the code runs and how variants compare on this machine, never what GPT-2 would get
+TINY = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512)
+PADDED_VOCAB_SIZE = 50304  # GPT-2's 50257 rounded up to a multiple of 128, as train_gpt2.py trains it
+LEARNING_RATE = 6e-4  # GPT-2 124M's max lr; the value does not change the cost of a step
+WEIGHT_DECAY = 0.1
+GRAD_CLIP = 1.0
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show '(default: ...)' except for the per-device defaults, whose help text already says them."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def per_device(key):
+    return f"(default: {DEVICE_DEFAULTS['cuda'][key]} on cuda, {DEVICE_DEFAULTS['cpu'][key]} on cpu)"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), formatter_class=HelpFormatter)
+    parser.add_argument("--model", choices=[*PRESETS, "tiny"], help=f"model size {per_device('model')}")
+    parser.add_argument("--n-layer", type=int, help="override the preset's number of layers")
+    parser.add_argument("--n-head", type=int, help="override the preset's number of heads")
+    parser.add_argument("--n-embd", type=int, help="override the preset's embedding width")
+    parser.add_argument("--vocab-size", type=int, help=f"embedding rows (default: {PADDED_VOCAB_SIZE} for GPT-2 "
+                                                          f"presets, {TINY['vocab_size']} for tiny)")
+    parser.add_argument("--batch-size", type=int, help=f"sequences per micro-step {per_device('batch_size')}")
+    parser.add_argument("--seq-len", type=int, help=f"tokens per sequence {per_device('seq_len')}")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    parser.add_argument("--steps", type=int, help=f"timed steps {per_device('steps')}")
+    parser.add_argument("--warmup", type=int, help=f"untimed steps first, compile included {per_device('warmup')}")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help=f"torch.compile the model "
+                                                                                 f"{per_device('compile')}")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
+    parser.add_argument("--dtype", choices=DTYPES, help=f"autocast dtype; fp16 adds a GradScaler "
+                                                        f"(default: bf16 on cuda, fp16 where bf16 is unsupported, "
+                                                        f"fp32 on cpu)")
+    parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument("--compare", action="store_true", help="time the main variants against the default "
+                                                               "fast path, alternating, in one process")
+    parser.add_argument("--rounds", type=int, default=5, help="with --compare: timed rounds per variant, "
+                                                              "each --steps/--rounds steps, in rotating order")
+    parser.add_argument("--profile", action="store_true", help="after timing, profile a few steps with "
+                                                               "torch.profiler and print the top kernels")
+    parser.add_argument("--profile-steps", type=int, default=5, help="steps under the profiler")
+    parser.add_argument("--trace", help="with --profile: also write a Chrome trace to this file")
+    parser.add_argument("--seed", type=int, default=1337, help="seed for the weights and the random tokens")
+    return parser.parse_args(argv)
+
+
+def resolve_args(args):
+    """Fill the per-device defaults and reject what cannot run, with a sentence a user can act on."""
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_type = args.device.split(":")[0]
+    if device_type not in DEVICE_DEFAULTS:
+        raise ValueError(f"--device {args.device} is not supported: use cuda, cuda:N or cpu")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device} asked for, but torch sees no CUDA GPU: use --device cpu")
+    bf16_ok = device_type != "cuda" or torch.cuda.is_bf16_supported()
+    if args.dtype == "bf16" and not bf16_ok:
+        raise ValueError("this GPU does not support bf16: use --dtype fp16 or --dtype fp32")
+    if args.dtype is None and not bf16_ok:
+        args.dtype = "fp16"  # pre-Ampere GPUs: fp16 with a GradScaler, the fallback train_gpt2.py uses too
+    for key, value in DEVICE_DEFAULTS[device_type].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for name in ("batch_size", "seq_len", "grad_accum", "steps", "rounds", "profile_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be 0 or more, got {args.warmup}")
+    if args.compare and args.steps < args.rounds:
+        raise ValueError(f"--compare needs --steps >= --rounds ({args.rounds}), got --steps {args.steps}")
+    if args.compare and args.profile:
+        raise ValueError("--profile looks at one path: run it without --compare")
+    if args.trace and not args.profile:
+        raise ValueError("--trace needs --profile")
+    args.device_type = device_type
+    args.config = build_config(args)
+    return args
+
+
+def build_config(args):
+    sizes = dict(TINY) if args.model == "tiny" else {**PRESETS[args.model], "vocab_size": PADDED_VOCAB_SIZE}
+    for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
+    for key, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+    if sizes["n_embd"] % sizes["n_head"]:
+        raise ValueError(f"n_embd {sizes['n_embd']} is not divisible by n_head {sizes['n_head']}")
+    return GPTConfig(block_size=args.seq_len, **sizes)
+
+
+# -----------------------------------------------------------------------------
+# data: random tokens, moved to the device the way train_gpt2.py's loader does it
+
+
+class RandomBatches:
+    """Batches of random token ids in pinned host memory, copied with non_blocking=True, one batch ahead:
+    the copy of the next batch is queued while the current one is being used."""
+
+    def __init__(self, batch_size, seq_len, vocab_size, device, generator, pool_size=8):
+        pin = torch.device(device).type == "cuda"
+        self.pool = [torch.randint(0, vocab_size, (batch_size * seq_len + 1,), generator=generator)
+                     for _ in range(pool_size)]
+        self.pool = [tokens.pin_memory() if pin else tokens for tokens in self.pool]
+        self.shape, self.device, self.index = (batch_size, seq_len), device, 0
+        self.ready = self._copy_next()
+
+    def _copy_next(self):
+        tokens = self.pool[self.index % len(self.pool)].to(self.device, non_blocking=True)
+        self.index += 1
+        return tokens
+
+    def next_batch(self):
+        tokens, self.ready = self.ready, self._copy_next()
+        return tokens[:-1].view(self.shape), tokens[1:].view(self.shape)  # inputs, targets shifted by one
+
+
+# -----------------------------------------------------------------------------
+# manual attention: the (B, nh, T, T) scores written out, for the "flash vs manual" comparison
+
+
+def manual_attention_forward(self, x, kv_cache=None, layer=0):
+    """model.CausalSelfAttention.forward with scaled_dot_product_attention spelled out as nanoGPT's slow path:
+    scores, causal mask, softmax, weighted sum. Same math, but the T x T matrix goes through memory."""
+    assert kv_cache is None, "manual attention is for training only"
+    B, T, C = x.size()
+    q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+    q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+    scores = scores.masked_fill(self.future_mask[:T, :T], float("-inf"))
+    y = F.softmax(scores, dim=-1) @ v
+    y = y.transpose(1, 2).contiguous().view(B, T, C)
+    return self.c_proj(y)
+
+
+def use_manual_attention(model):
+    """Switch this model instance (only) to manual attention; model.py and other instances are untouched."""
+    T = model.config.block_size
+    device = model.lm_head.weight.device
+    for block in model.transformer.h:
+        attn = block.attn
+        attn.register_buffer("future_mask", torch.ones(T, T, dtype=torch.bool, device=device).triu(1),
+                             persistent=False)
+        attn.forward = manual_attention_forward.__get__(attn, type(attn))
+    return model
+
+
+# -----------------------------------------------------------------------------
+# the training step
+
+
+
+
+def make_train_step(args, compile=None, fused=None, attention="flash", batches=None, lr=LEARNING_RATE):
+    """Build a model and optimizer; return (step, raw_model, optimizer). step() runs one optimizer step the way
+    train_gpt2.py does and returns the step's mean loss as a float. compile=None means args.compile;
+    fused=None is configure_optimizers' default (fused on CUDA); batches defaults to random tokens."""
+    compile = args.compile if compile is None else compile
+    torch.manual_seed(args.seed)
+    raw_model = GPT(args.config).to(args.device)
+    if attention == "manual":
+        use_manual_attention(raw_model)
+    model = torch.compile(raw_model, backend=args.compile_backend) if compile else raw_model
+    optimizer = raw_model.configure_optimizers(WEIGHT_DECAY, lr, args.device_type, fused=fused)
+    scaler = torch.amp.GradScaler(args.device_type, enabled=args.dtype == "fp16")
+    if batches is None:
+        generator = torch.Generator().manual_seed(args.seed)
+        batches = RandomBatches(args.batch_size, args.seq_len, args.config.vocab_size, args.device, generator)
+    autocast_dtype = DTYPES[args.dtype]
+
+    def step():
+        loss_accum = torch.zeros((), device=args.device)
+        for micro_step in range(args.grad_accum):
+            x, y = batches.next_batch()
+            # train_gpt2.py also runs backward under DDP's no_sync() on all but the last micro-step; bench is
+            # one process, so there is no gradient all-reduce to skip
+            with torch.autocast(args.device_type, dtype=autocast_dtype, enabled=args.dtype != "fp32"):
+                _, loss = model(x, y)
+            loss = loss / args.grad_accum  # the step's loss is the mean over all micro-steps, not their sum
+            loss_accum += loss.detach()  # stays on the device: no host sync inside the step
+            scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones (no-op unless fp16)
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), GRAD_CLIP)
+        for group in optimizer.param_groups:
+            group["lr"] = lr  # train_gpt2.py sets the scheduled lr here, every step
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_accum.item()  # the one host sync per step, which the log line needs anyway
+
+    return step, raw_model, optimizer
+
+
+# -----------------------------------------------------------------------------
+# timing and memory
+
+
+def synchronize(device_type):
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+
+
+def warm_up(step, n, device_type):
+    """Run the untimed steps (the first one compiles) and return how long they took."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    synchronize(device_type)
+    return time.perf_counter() - t0
+
+
+def time_steps(step, n, device_type):
+    """Seconds for each of n steps. A step ends in .item(), a host sync, and we synchronize around each one as
+    well, so every interval covers the GPU work of exactly that step."""
+    times = []
+    synchronize(device_type)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        synchronize(device_type)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def reset_peak_memory(device_type):
+    if device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory(device_type):
+    """(bytes, label). On CUDA the caching allocator's peak since the last reset. A CPU has no such counter, so
+    there it is the process's peak resident set size, which also holds Python, torch and any compiler."""
+    if device_type == "cuda":
+        return torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak * (1 if sys.platform == "darwin" else 1024), "process peak RSS, CPU"
+
+
+def device_name(args):
+    return torch.cuda.get_device_name(args.device) if args.device_type == "cuda" else "cpu"
+
+
+def tokens_per_step(args):
+    return args.batch_size * args.seq_len * args.grad_accum
+
+
+def figures(args, step_times):
+    """ms/step, tokens/s and MFU from the median step time: robust to the odd slow step."""
+    ms = 1000 * statistics.median(step_times)
+    tokens_per_sec = tokens_per_step(args) / (ms / 1000)
+    mfu = estimate_mfu(tokens_per_sec, flops_per_token(args.config, args.seq_len), device_name(args))
+    return ms, tokens_per_sec, mfu
+
+
+def describe(compile, fused, attention, backend):
+    return (f"{'compiled (' + backend + ')' if compile else 'eager'}, AdamW {'fused' if fused else 'foreach'}, "
+            f"{attention} attention")
+
+
+# -----------------------------------------------------------------------------
+# one measurement
+
+
+def print_header(args):
+    c = args.config
+    threads = f" ({torch.get_num_threads()} threads)" if args.device_type == "cpu" else ""
+    print(f"device: {device_name(args)}{threads} | torch {torch.__version__} | {date.today().isoformat()}")
+    with torch.device("meta"):  # counts only: no memory, no init
+        n_params = GPT(c).num_params()
+    note = " (tiny smoke-test model with a 512-token vocabulary, not GPT-2)" if args.model == "tiny" else ""
+    print(f"model: {args.model}{note} | n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} "
+          f"vocab_size={c.vocab_size} | {n_params:,} parameters")
+    print(f"batch: B={args.batch_size} T={args.seq_len} grad_accum={args.grad_accum} | "
+          f"{tokens_per_step(args):,} tokens/step | dtype {args.dtype}")
+    print(f"flops/token: {flops_per_token(c, args.seq_len):.4g} (6*N + 6*n_layer*n_embd*T, model.flops_per_token)")
+
+
+def run_single(args):
+    step, _, optimizer = make_train_step(args)
+    print(f"path: {describe(args.compile, optimizer.defaults.get('fused'), 'flash', args.compile_backend)}")
+    warmup_s = warm_up(step, args.warmup, args.device_type)
+    print(f"warm-up: {args.warmup} steps in {warmup_s:.2f} s (compile included, excluded from the figures)")
+    reset_peak_memory(args.device_type)
+    times = time_steps(step, args.steps, args.device_type)
+    ms, tokens_per_sec, mfu = figures(args, times)
+    memory, memory_label = peak_memory(args.device_type)
+    print(f"timed: {args.steps} steps | ms/step: {ms:.2f} median (min {1000 * min(times):.2f}, "
+          f"max {1000 * max(times):.2f})")
+    print(f"tokens/s: {tokens_per_sec:,.0f}")
+    mfu_note = "no peak FLOP/s known for this device" if mfu is None else "of the dense bf16 peak"
+    print(f"MFU: {format_mfu(mfu)} ({mfu_note})")
+    print(f"peak memory: {memory / 2**20:,.1f} MiB ({memory_label})")
+    if args.profile:
+        run_profile(args, step)
+
+
+# -----------------------------------------------------------------------------
+# variants, back to back
+
+
+def first_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:120]}" if text else type(error).__name__
+
+
+def compare_settings(args):
+    """The default fast path for this device first, then variants that each change one thing."""
+    fused_default = args.device_type == "cuda"  # configure_optimizers' default, which train_gpt2.py uses
+    baseline = dict(compile=args.compile, fused=fused_default, attention="flash")
+    return [baseline, {**baseline, "compile": not args.compile}, {**baseline, "fused": not fused_default},
+            {**baseline, "attention": "manual"}]
+
+
+def try_run(failures, name, function, *function_args):
+    """function(*function_args), or None with the reason in failures[name]: a variant that cannot run here
+    (no C++ compiler, out of memory) becomes a table row that says so, not a crash."""
+    try:
+        return function(*function_args)
+    except Exception as e:
+        failures[name] = f"unavailable: {first_line(e)}"
+        return None
+
+
+def run_compare(args):
+    """Time the variants in one process: all warmed up first, then --rounds rounds in interleaved, rotating
+    order (A B C D, B C D A, ...) so drift on a shared machine hits them alike. A ratio is the baseline's median
+    step time over the variant's in the same round (= tokens/s over the baseline's), median over rounds."""
+    settings = compare_settings(args)
+    names = [describe(**s, backend=args.compile_backend) for s in settings]
+    warmup_steps = max(args.warmup, 1)  # at least one: it is where compile happens and failures show up
+    steps, warmup_s, failures = {}, {}, {}
+    for name, setting in zip(names, settings):
+        built = try_run(failures, name, make_train_step, args, setting["compile"], setting["fused"],
+                        setting["attention"])
+        if built is not None:
+            warmup_s[name] = try_run(failures, name, warm_up, built[0], warmup_steps, args.device_type)
+            if name not in failures:
+                steps[name] = built[0]
+        del built  # a failed variant's model and optimizer go now, so the others have the memory
+        free_device_memory(args.device_type)
+
+    steps_per_round = args.steps // args.rounds
+    round_times = {name: [] for name in names}
+    step_memory = {name: 0 for name in names}
+    for r in range(args.rounds):
+        running = [name for name in names if name in steps]
+        for name in running[r % len(running):] + running[:r % len(running)]:
+            reset_peak_memory(args.device_type)
+            resident = torch.cuda.memory_allocated() if args.device_type == "cuda" else 0
+            times = try_run(failures, name, time_steps, steps[name], steps_per_round, args.device_type)
+            if times is None:
+                del steps[name]
+                free_device_memory(args.device_type)
+                continue
+            round_times[name].append(times)
+            if args.device_type == "cuda":
+                step_memory[name] = max(step_memory[name], torch.cuda.max_memory_allocated() - resident)
+    if names[0] in failures:
+        raise RuntimeError(f"the baseline ({names[0]}) cannot run: {failures[names[0]]}")
+    print_compare_table(args, names, round_times, step_memory, warmup_s, failures, warmup_steps, steps_per_round)
+
+
+def print_compare_table(args, names, round_times, step_memory, warmup_s, failures, warmup_steps, steps_per_round):
+    print(f"compare: warm-up {warmup_steps} steps each, then {args.rounds} rounds x {steps_per_round} steps, "
+          f"interleaved; ratio = tokens/s over the baseline's, median over rounds (min-max)")
+    cuda = args.device_type == "cuda"
+    print(f"{'variant':<56} {'tokens/s':>12} {'ms/step':>9} {'ratio':>18} {'MFU':>8} {'warm-up s':>10}"
+          + (f" {'step mem MiB':>13}" if cuda else ""))
+    for i, name in enumerate(names):
+        label = ("baseline: " if i == 0 else "") + name
+        if name in failures:
+            print(f"{label:<56} {failures[name]}")
+            continue
+        ms, tokens_per_sec, mfu = figures(args, [t for times in round_times[name] for t in times])
+        ratios = [statistics.median(base) / statistics.median(own)
+                  for base, own in zip(round_times[names[0]], round_times[name])]
+        ratio = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+        print(f"{label:<56} {tokens_per_sec:>12,.0f} {ms:>9.2f} {ratio:>18} {format_mfu(mfu):>8} "
+              f"{warmup_s[name]:>10.2f}" + (f" {step_memory[name] / 2**20:>13,.0f}" if cuda else ""))
+    if cuda:
+        print("step mem: peak allocated during the variant's steps above what was allocated before them (the "
+              "weights and optimizer states of all variants stay resident)")
+    else:
+        memory, memory_label = peak_memory(args.device_type)
+        print(f"peak memory: {memory / 2**20:,.1f} MiB for the whole process ({memory_label}), not per variant")
+
+
+def free_device_memory(device_type):
+    if device_type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# -----------------------------------------------------------------------------
+# profile
+
+
+def run_profile(args, step):
+    """The top kernels over a few steps: self CUDA time on a GPU, self CPU time on a CPU."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device_type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(args.profile_steps):
+            step()
+        synchronize(args.device_type)
+    sort_by = "self_cuda_time_total" if args.device_type == "cuda" else "self_cpu_time_total"
+    print(f"profile: {args.profile_steps} steps, top kernels by {sort_by} (profiler overhead included)")
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=25))
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
+        print(f"trace: {args.trace} (open in chrome://tracing or ui.perfetto.dev)")
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = resolve_args(parse_args(argv))
+    if args.device_type == "cuda":
+        torch.cuda.set_device(args.device)  # so the memory counters and the profiler look at this GPU
+        torch.set_float32_matmul_precision("high")  # TF32 for matmuls left in fp32, as in train_gpt2.py
+    print_header(args)
+    if args.compare:
+        run_compare(args)
+    else:
+        run_single(args)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

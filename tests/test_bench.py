@@ -1,0 +1,159 @@
+import copy
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bench
+from model import GPT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# smaller than bench.py's CPU default so the subprocess runs stay quick on a busy 2-core machine
+SMALL = ["--device", "cpu", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--vocab-size", "128",
+         "--batch-size", "2", "--seq-len", "16"]
+
+
+def run_bench(*flags):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: no oversubscription when cores are shared
+    return subprocess.run([sys.executable, "bench.py", *flags], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def tiny_args(*flags):
+    return bench.resolve_args(bench.parse_args([*SMALL, *flags]))
+
+
+class FixedBatches:
+    """The same (x, y) every time, or the given list of batches in turn."""
+
+    def __init__(self, *batches):
+        self.batches, self.index = batches, 0
+
+    def next_batch(self):
+        batch = self.batches[self.index % len(self.batches)]
+        self.index += 1
+        return batch
+
+
+def random_batch(args, batch_size=None, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, args.config.vocab_size, ((batch_size or args.batch_size), args.seq_len + 1),
+                           generator=generator)
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # as a real loader hands them over
+
+
+# -----------------------------------------------------------------------------
+# the command line, as a user meets it
+
+
+def test_single_run_prints_sane_figures_and_a_profile():
+    result = run_bench(*SMALL, "--steps", "3", "--warmup", "1", "--profile", "--profile-steps", "1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    tokens_per_sec = float(re.search(r"^tokens/s: ([\d,.]+)$", out, re.M).group(1).replace(",", ""))
+    ms_per_step = float(re.search(r"^timed: 3 steps \| ms/step: ([\d.]+) median", out, re.M).group(1))
+    assert tokens_per_sec > 0 and ms_per_step > 0
+    # tokens/s is derived from the median step time and the tokens in a step: 2 * 16 here
+    assert tokens_per_sec == pytest.approx(2 * 16 / (ms_per_step / 1000), rel=0.01)
+    assert re.search(r"^MFU: unknown \(no peak FLOP/s known", out, re.M)  # CPU: never a guessed peak
+    memory = float(re.search(r"^peak memory: ([\d,.]+) MiB \(process peak RSS, CPU\)$", out, re.M)
+                   .group(1).replace(",", ""))
+    assert memory > 10
+    assert "path: eager, AdamW foreach, flash attention" in out  # the CPU default path
+    assert re.search(r"^device: cpu .*\| torch \S+ \| \d{4}-\d\d-\d\d$", out, re.M)
+    assert "profile: 1 steps, top kernels by self_cpu_time_total" in out and "Self CPU" in out
+
+
+def test_compare_table_has_every_variant():
+    # aot_eager still traces with dynamo and AOTAutograd but skips the C++ build that inductor needs on CPU
+    result = run_bench(*SMALL, "--compare", "--steps", "4", "--rounds", "2", "--warmup", "1",
+                       "--compile-backend", "aot_eager")
+    assert result.returncode == 0, result.stderr
+    rows = {}
+    for line in result.stdout.splitlines():
+        for name in ("eager, AdamW foreach, flash attention", "compiled (aot_eager), AdamW foreach, flash attention",
+                     "eager, AdamW fused, flash attention", "eager, AdamW foreach, manual attention"):
+            if line.startswith(name) or line.startswith("baseline: " + name):
+                rows[name] = line
+    assert len(rows) == 4, result.stdout
+    assert rows["eager, AdamW foreach, flash attention"].startswith("baseline: ")
+    assert re.search(r" 1\.00x \(1\.00-1\.00\) ", rows["eager, AdamW foreach, flash attention"])
+    for line in rows.values():  # a figure with a ratio, or an honest reason why not
+        assert re.search(r"\d\.\d\dx \(", line) or "unavailable: " in line, line
+
+
+def test_bad_input_is_one_line_error():
+    result = run_bench(*SMALL, "--batch-size", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --batch-size must be at least 1, got 0"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n-head", "3"], "not divisible by n_head"),
+    (["--device", "tpu"], "is not supported"),
+    (["--compare", "--steps", "2", "--rounds", "5"], "--compare needs --steps >= --rounds"),
+    (["--trace", "t.json"], "--trace needs --profile"),
+    (["--warmup", "-1"], "--warmup must be 0 or more"),
+])
+def test_bad_input_messages(flags, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiny_args(*flags)
+
+
+# -----------------------------------------------------------------------------
+# what the figures stand for
+
+
+def test_manual_attention_gives_the_flash_loss_and_gradients():
+    # the "flash vs manual" ratio is only fair if both compute the same thing
+    args = tiny_args()
+    torch.manual_seed(0)
+    flash = GPT(args.config)
+    manual = bench.use_manual_attention(copy.deepcopy(flash))
+    x, y = random_batch(args, batch_size=4)
+    _, flash_loss = flash(x, y)
+    _, manual_loss = manual(x, y)
+    assert manual_loss.item() == pytest.approx(flash_loss.item(), abs=1e-5)
+    flash_loss.backward()
+    manual_loss.backward()
+    for (name, p), q in zip(flash.named_parameters(), manual.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert not any("future_mask" in key for key in manual.state_dict())  # checkpoints stay model.py's
+
+
+def test_step_trains_the_model():
+    # the timed step must be real training: weights move and the loss on a repeated batch goes down
+    args = tiny_args()
+    step, model, _ = bench.make_train_step(args, batches=FixedBatches(random_batch(args)), lr=1e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = [step() for _ in range(8)]
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+
+
+def test_grad_accumulation_step_equals_one_big_batch():
+    # loss / grad_accum: two micro-steps of 2 sequences update the weights like one step of 4
+    args = tiny_args()
+    x, y = random_batch(args, batch_size=4)
+    big_step, big_model, _ = bench.make_train_step(tiny_args("--batch-size", "4"), batches=FixedBatches((x, y)))
+    accum_step, accum_model, _ = bench.make_train_step(tiny_args("--grad-accum", "2"),
+                                                       batches=FixedBatches((x[:2], y[:2]), (x[2:], y[2:])))
+    assert accum_step() == pytest.approx(big_step(), abs=1e-5)
+    for p, q in zip(big_model.parameters(), accum_model.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5)
+
+
+def test_random_batches_are_shifted_targets_on_the_device():
+    args = tiny_args()
+    batches = bench.RandomBatches(2, 16, 128, "cpu", torch.Generator().manual_seed(0), pool_size=2)
+    x, y = batches.next_batch()
+    assert x.shape == y.shape == (2, 16) and x.dtype == torch.long
+    assert torch.equal(x.flatten()[1:], y.flatten()[:-1])  # y is x shifted by one token
+    assert 0 <= int(x.min()) and int(x.max()) < 128
+    x2, _ = batches.next_batch()
+    assert not torch.equal(x, x2)  # a new batch each step, not one cached tensor
+    assert args.config.vocab_size == 128
