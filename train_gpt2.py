@@ -1,0 +1,703 @@
+"""
+Train GPT-2 on FineWeb-Edu token shards. One file, top to bottom: arguments, the shard loader, the helpers
+of the loop, then main(): distributed setup, model, resume, and the training loop with periodic validation,
+HellaSwag, samples and checkpoints.
+
+    python train_gpt2.py                                    # 1 GPU: gradient accumulation makes up the batch
+    torchrun --standalone --nproc_per_node=8 train_gpt2.py  # one 8-GPU node
+    torchrun --nnodes=N --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT train_gpt2.py
+    python fineweb.py --demo && python train_gpt2.py --demo # a small model on a laptop CPU, a few minutes
+
+Data order. A shard of n tokens holds (n-1)//T windows of T+1 tokens at stride T. Epoch e visits the train
+shards in a permutation seeded by (seed, e), and the windows of shard k in a permutation seeded by
+(seed, e, k); the epochs follow one another as one endless stream of windows. Step s trains on windows
+[s*W, (s+1)*W) of that stream (W = total_batch_size / T), and micro-batch j = micro_step * world_size + rank
+is the j-th run of B windows in it. A step's data therefore depends on neither the world size nor the
+accumulation split, and the loader's whole state is one number, the stream position.
+
+Checkpoints. log/model_{step:05d}.pt is the state after `step` optimizer steps: checkpoint["step"] is the next
+step to run, and the "{step} val" line of log.txt was measured on the same weights. It is written to a
+temporary file and renamed, so a crash at any moment leaves complete checkpoints only. --resume auto continues
+from the newest one, bit-exact on CPU: the losses after resuming are those of a run never interrupted.
+
+Signals. SIGTERM or Ctrl-C (SIGINT) lets the current step finish, writes a checkpoint of it, and exits with
+128 + the signal number (143, 130), which tells a wrapper the run is not finished. A second signal acts at once.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import re
+import signal
+import sys
+import time
+from collections import deque
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from model import GPT, PRESETS, GPTConfig, estimate_mfu, flops_per_token, format_mfu, load_checkpoint
+
+# -----------------------------------------------------------------------------
+# arguments: every default in one place
+
+# --demo: a small model on the `python fineweb.py --demo` shards (Python's stdlib source); flags still override
+DEMO_PRESET = dict(data_dir="demo_shards", log_dir="log/demo", n_layer=4, n_head=4, n_embd=128,
+                   batch_size=16, seq_len=128, total_batch_size=2048, max_lr=2e-3, min_lr=2e-4, warmup_steps=20,
+                   max_steps=300, eval_every=100, val_tokens=65536, hellaswag_every=0, sample_every=100,
+                   checkpoint_every=300)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train GPT-2 on FineWeb-Edu shards (1 GPU, torchrun, CPU or MPS).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("--data-dir", default="edu_fineweb10B", help="directory of *train*/*val* shards (.npy or llm.c .bin)")
+    add("--log-dir", default="log", help="log.txt and checkpoints go here")
+    add("--model", default="gpt2", choices=list(PRESETS), help="GPT-2 size")
+    add("--n-layer", type=int, default=None, help="override the --model preset (None: the preset's)")
+    add("--n-head", type=int, default=None, help="override the --model preset (None: the preset's)")
+    add("--n-embd", type=int, default=None, help="override the --model preset (None: the preset's)")
+    add("--vocab-size", type=int, default=50304, help="GPT-2's 50257 padded to a multiple of 128, for speed")
+    add("--batch-size", type=int, default=64, help="micro-batch rows per GPU (B)")
+    add("--seq-len", type=int, default=1024, help="tokens per row (T)")
+    add("--total-batch-size", type=int, default=524288, help="tokens per optimizer step, over all GPUs (2**19)")
+    add("--max-lr", type=float, default=6e-4, help="peak learning rate")
+    add("--min-lr", type=float, default=6e-5, help="learning rate at the end of the cosine decay")
+    add("--warmup-steps", type=int, default=715, help="linear warmup steps")
+    add("--max-steps", type=int, default=19073, help="optimizer steps: 19073 x 2**19 tokens = 1 epoch of 10B")
+    add("--epochs", type=int, default=0, help="if > 0, train this many passes over the train windows; "
+        "--max-steps is then derived from the data (and the LR schedule with it)")
+    add("--weight-decay", type=float, default=0.1, help="AdamW decay on >= 2-D parameters")
+    add("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0: no clipping)")
+    add("--eval-every", type=int, default=250, help="steps between val losses (0: never)")
+    add("--val-tokens", type=int, default=10485760, help="val tokens per evaluation, or all the val shards hold")
+    add("--hellaswag-every", type=int, default=250, help="steps between HellaSwag evaluations (0: never)")
+    add("--sample-every", type=int, default=250, help="steps between printed samples (0: never)")
+    add("--sample-tokens", type=int, default=32, help="new tokens per sample")
+    add("--checkpoint-every", type=int, default=5000, help="steps between checkpoints; one is also written at "
+        "the end (0: never)")
+    add("--keep-checkpoints", type=int, default=0, help="keep only the newest K checkpoints (0: keep all)")
+    add("--resume", default="auto", help="'auto': the newest checkpoint in --log-dir, if any; a path; or 'none'")
+    add("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model "
+        "(None: on for CUDA)")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="autocast dtype (auto: bf16 on "
+        "CUDA where supported, else fp16 with a GradScaler; fp32 on CPU and MPS)")
+    add("--seed", type=int, default=1337, help="seeds the initialization and the data order")
+    add("--skip-spikes", type=float, default=0.0, help="skip the update of a step whose loss is this many "
+        "standard deviations above the mean of the last 100 (0: only NaN/inf losses are skipped)")
+    add("--max-bad-steps", type=int, default=5, help="stop after this many skipped steps in a row (0: never)")
+    add("--demo", action="store_true", help="small preset for a CPU: " + " ".join(
+        f"--{key.replace('_', '-')} {value}" for key, value in DEMO_PRESET.items()))
+    args = parser.parse_args(argv)
+    if args.demo:
+        parser.set_defaults(**DEMO_PRESET)
+        args = parser.parse_args(argv)  # parse again: flags given on the command line win over the preset
+    return args
+
+
+class FatalError(Exception):
+    """A problem the user can fix, printed as one line `error: ...` (exit code 2)."""
+
+
+class Diverged(Exception):
+    """Too many bad steps in a row (exit code 3)."""
+
+
+def model_config(args):
+    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd") if getattr(args, k) is not None}
+    return GPTConfig.preset(args.model, vocab_size=args.vocab_size, **overrides)
+
+
+def check_args(args, config, world_size):
+    """Reject impossible settings before any work is done."""
+    flag = lambda name: "--" + name.replace("_", "-")
+    positive = ["batch_size", "seq_len", "total_batch_size", "vocab_size", "n_layer", "n_head", "n_embd",
+                "sample_tokens", "max_lr"] + ([] if args.epochs else ["max_steps"])
+    for name in positive:
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise FatalError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ["warmup_steps", "epochs", "eval_every", "val_tokens", "hellaswag_every", "sample_every",
+                 "checkpoint_every", "keep_checkpoints", "max_bad_steps", "weight_decay", "grad_clip", "min_lr",
+                 "skip_spikes"]:
+        if getattr(args, name) < 0:
+            raise FatalError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
+    if config.n_embd % config.n_head:
+        raise FatalError(f"n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
+    if args.seq_len > config.block_size:
+        raise FatalError(f"--seq-len {args.seq_len} is longer than the model's block_size {config.block_size}")
+    tokens_per_micro_step = args.batch_size * args.seq_len * world_size
+    if args.total_batch_size % tokens_per_micro_step:
+        raise FatalError(f"--total-batch-size {args.total_batch_size} is not a multiple of batch-size x seq-len x "
+                         f"world size = {args.batch_size} x {args.seq_len} x {world_size} = {tokens_per_micro_step}; "
+                         f"use a multiple of {tokens_per_micro_step} or change --batch-size")
+
+
+# -----------------------------------------------------------------------------
+# data: uint16 token shards read through memory maps
+
+BIN_MAGIC, BIN_VERSION, BIN_HEADER_INTS = 20240520, 1, 256  # llm.c's .bin shard header
+
+
+def list_shards(data_dir, split):
+    if not os.path.isdir(data_dir):
+        raise FatalError(f"data dir {data_dir} does not exist: create the shards with `python fineweb.py` "
+                         f"(`python fineweb.py --demo` for --demo) or point --data-dir at them")
+    names = sorted(n for n in os.listdir(data_dir) if split in n and n.endswith((".npy", ".bin")))
+    if not names:
+        raise FatalError(f"{data_dir} holds no {split} shards (*{split}*.npy or *{split}*.bin): create them with "
+                         f"`python fineweb.py` (`python fineweb.py --demo` for --demo)")
+    return [os.path.join(data_dir, n) for n in names]
+
+
+def open_shard(path):
+    """A shard's tokens as a read-only uint16 memmap: pages are read on demand, never the whole shard."""
+    if path.endswith(".bin"):
+        header = np.fromfile(path, dtype=np.int32, count=BIN_HEADER_INTS)
+        if len(header) < BIN_HEADER_INTS or header[0] != BIN_MAGIC:
+            raise FatalError(f"{path} is not an llm.c token shard (wrong magic number, expected {BIN_MAGIC})")
+        if header[1] != BIN_VERSION:
+            raise FatalError(f"{path} is an llm.c shard of version {header[1]}; only version 1 (uint16 GPT-2 "
+                             f"tokens) is supported")
+        n_tokens, size = int(header[2]), os.path.getsize(path)
+        if size != 4 * BIN_HEADER_INTS + 2 * n_tokens:
+            raise FatalError(f"{path} is truncated or corrupt: its header promises {n_tokens} tokens, the file "
+                             f"has {size} bytes; re-create it")
+        return np.memmap(path, dtype=np.uint16, mode="r", offset=4 * BIN_HEADER_INTS, shape=(n_tokens,))
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:
+        raise FatalError(f"{path} is not a readable .npy shard, truncated or corrupt ({e}); "
+                         f"re-create it with fineweb.py") from None
+    if tokens.dtype != np.uint16 or tokens.ndim != 1:
+        raise FatalError(f"{path} holds a {tokens.dtype} array of shape {tokens.shape}, expected 1-D uint16 "
+                         f"GPT-2 tokens; re-create it with fineweb.py")
+    return tokens
+
+
+class ShardLoader:
+    """Windows of T+1 tokens at stride T, read from a split's shards as one endless stream (see the top of the
+    file). shuffle=True (train): a seeded permutation of the shards per epoch and of each shard's windows.
+    shuffle=False (val): the shards and their windows in order."""
+
+    def __init__(self, data_dir, split, batch_size, seq_len, rank=0, world_size=1, seed=0, shuffle=False):
+        self.B, self.T, self.rank, self.world_size = batch_size, seq_len, rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.paths = list_shards(data_dir, split)
+        self.shards = [open_shard(path) for path in self.paths]
+        self.counts = [(len(tokens) - 1) // seq_len for tokens in self.shards]
+        for path, tokens, count in zip(self.paths, self.shards, self.counts):
+            if count < 1:
+                raise FatalError(f"{path} holds {len(tokens)} tokens, too few for one row of --seq-len {seq_len} "
+                                 f"(+1); re-create the shards or lower --seq-len")
+        self.windows_per_epoch = sum(self.counts)
+        if self.windows_per_epoch < batch_size:
+            raise FatalError(f"the {split} shards in {data_dir} hold {self.windows_per_epoch} rows of "
+                             f"{seq_len}+1 tokens, fewer than one batch of --batch-size {batch_size}")
+        self.position = 0  # windows of the stream dealt out so far, to all ranks together
+        self._plan, self._orders = (None, None, None), {}
+
+    def _epoch_plan(self, epoch):
+        """The shards in this epoch's order, and the stream index at which each one starts."""
+        if self._plan[0] != epoch:
+            order = np.arange(len(self.shards))
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, epoch]).permutation(order)
+            self._plan = (epoch, order, np.cumsum([0] + [self.counts[k] for k in order]))
+        return self._plan[1:]
+
+    def _window_order(self, epoch, shard):
+        if (epoch, shard) not in self._orders:
+            if len(self._orders) >= 4:  # a batch spans at most a few shards: keep the cache tiny
+                self._orders.clear()
+            rng = np.random.default_rng([self.seed, epoch, shard])
+            self._orders[(epoch, shard)] = rng.permutation(self.counts[shard])
+        return self._orders[(epoch, shard)]
+
+    def window(self, index):
+        """Tokens (T+1,) of window `index` of the stream."""
+        epoch, i = divmod(index, self.windows_per_epoch)
+        order, starts = self._epoch_plan(epoch)
+        slot = int(np.searchsorted(starts, i, side="right")) - 1
+        shard, w = int(order[slot]), i - int(starts[slot])
+        if self.shuffle:
+            w = int(self._window_order(epoch, shard)[w])
+        return self.shards[shard][w * self.T: w * self.T + self.T + 1]
+
+    def batch(self, first):
+        """B consecutive windows of the stream from `first`, as a (B, T+1) int64 tensor on the host."""
+        rows = np.stack([self.window(first + j) for j in range(self.B)])
+        return torch.from_numpy(rows.astype(np.int64))
+
+    def next_batch(self):
+        """This rank's next micro-batch: runs of B windows are dealt to the ranks in turn."""
+        rows = self.batch(self.position + self.rank * self.B)
+        self.position += self.B * self.world_size
+        return rows
+
+    def state_dict(self):
+        return dict(position=self.position, seq_len=self.T, seed=self.seed, windows_per_epoch=self.windows_per_epoch)
+
+    def load_state_dict(self, state):
+        for key, value in self.state_dict().items():
+            if key != "position" and state[key] != value:
+                raise FatalError(f"the checkpoint's data had {key}={state[key]}, this run has {value}: resume with "
+                                 f"the same --seq-len, --seed and shards, or start a new --log-dir")
+        self.position = state["position"]
+
+
+def to_device(rows, device):
+    """Host rows (B, T+1) -> inputs and targets on the device. From pinned memory the copy is asynchronous, so
+    it overlaps with the GPU work already queued."""
+    if device.startswith("cuda"):
+        rows = rows.pin_memory().to(device, non_blocking=True)
+    else:
+        rows = rows.to(device)
+    return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+
+# -----------------------------------------------------------------------------
+# the pieces of the loop
+
+def get_lr(step, max_lr, min_lr, warmup_steps, max_steps):
+    """Linear warmup to max_lr over warmup_steps, then cosine decay to min_lr at max_steps (the reference's)."""
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= max_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+def due(every, step, max_steps):
+    """Periodic work happens every `every` steps and at the end; 0 turns it off."""
+    return every > 0 and (step % every == 0 or step == max_steps)
+
+
+def is_spike(loss, recent_losses, z_threshold):
+    """llm.c's --skip_update_lossz: the loss is z_threshold standard deviations above the recent mean."""
+    if z_threshold <= 0 or len(recent_losses) < SPIKE_MIN_HISTORY:
+        return False
+    mean = sum(recent_losses) / len(recent_losses)
+    std = math.sqrt(sum((x - mean) ** 2 for x in recent_losses) / len(recent_losses))
+    return std > 0 and (loss - mean) / std > z_threshold
+
+
+SPIKE_WINDOW, SPIKE_MIN_HISTORY = 100, 10  # losses of accepted steps the spike test looks back on
+
+
+@torch.no_grad()
+def evaluate_val(model, loader, n_batches, device, autocast, rank, world_size):
+    """Mean loss over the first n_batches batches of the val stream; rank r takes batches r, r + world_size...
+    The sum is kept in float64, where adding float32 losses in any order gives the same result, so the val
+    loss is identical for every world size."""
+    acc_dtype = torch.float32 if device.startswith("mps") else torch.float64  # MPS has no float64
+    total = torch.zeros(2, dtype=acc_dtype, device=device)  # (sum of batch losses, batches)
+    for i in range(rank, n_batches, world_size):
+        x, y = to_device(loader.batch(i * loader.B), device)
+        with autocast:
+            _, loss = model(x, y)
+        total += torch.stack([loss.to(acc_dtype), torch.ones((), dtype=acc_dtype, device=device)])
+    if world_size > 1:
+        dist.all_reduce(total)
+    return (total[0] / total[1]).item()
+
+
+def print_samples(model, enc, step, seed, device, autocast, max_new_tokens, num_samples=4):
+    """Continuations of the reference's prompt, with top-k 50 and the KV cache. The generator is our own,
+    seeded by (seed, step): sampling never touches the global RNG that training might use."""
+    prompt = torch.tensor(enc.encode("Hello, I'm a language model,"), dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed + step)
+    with autocast:
+        out = model.generate(prompt.repeat(num_samples, 1), max_new_tokens, top_k=50, generator=generator)
+    for i, row in enumerate(out.tolist()):
+        print(f"sample {i}: {enc.decode(row)!r}")
+
+
+def load_hellaswag(rank, world_size, device):
+    """HellaSwag val examples, or None (with a warning) when hellaswag.py or its data is not available.
+    Every rank must agree, or the evaluation's all-reduce would hang: the ranks vote."""
+    examples, reason = None, ""
+    try:
+        import hellaswag
+        examples = hellaswag.load_examples("val")
+    except (ImportError, OSError, RuntimeError, ValueError) as e:
+        reason = " ".join(str(e).split())
+    if world_size > 1:
+        ok = torch.tensor(float(examples is not None), device=device)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        examples = examples if ok.item() else None
+    if examples is None and rank == 0:
+        print(f"warning: HellaSwag disabled, its data is not available ({reason or 'on some rank'})", file=sys.stderr)
+    return examples
+
+
+def find_checkpoints(log_dir):
+    """[(step, path)] of the log dir's model_XXXXX.pt files, oldest first."""
+    if not os.path.isdir(log_dir):
+        return []
+    found = [(int(m.group(1)), os.path.join(log_dir, n)) for n in os.listdir(log_dir)
+             if (m := re.fullmatch(r"model_(\d+)\.pt", n))]
+    return sorted(found)
+
+
+def resolve_resume(resume, log_dir):
+    """The checkpoint to resume from, or None for a fresh start."""
+    existing = find_checkpoints(log_dir)
+    if resume == "none":
+        if existing:
+            raise FatalError(f"--resume none, but {log_dir} already holds checkpoints ({os.path.basename(existing[-1][1])}"
+                             f"...) that a later --resume auto would mix up with this run: use another --log-dir")
+        return None
+    if resume == "auto":
+        return existing[-1][1] if existing else None
+    return resume
+
+
+def save_checkpoint(path, checkpoint, sleep_before_rename=0.0):
+    """Write to a temporary file, fsync, then rename over the final name: whenever the process dies, the final
+    name holds either nothing or a complete checkpoint."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    time.sleep(sleep_before_rename)  # test hook: widens the window in which a kill leaves only the .tmp
+    os.replace(tmp, path)
+
+
+def rng_state(device_type):
+    """This process's RNG states as plain values, which load with weights_only=True."""
+    np_state = np.random.get_state()
+    return dict(python=random.getstate(), numpy=[np_state[0], np_state[1].tolist(), *np_state[2:]],
+                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None)
+
+
+def set_rng_state(state, device_type):
+    random.setstate(state["python"])
+    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
+    torch.set_rng_state(state["torch"])
+    if device_type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def append_log(path, line):
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def test_hooks():
+    """Fault injection for tests/test_train_gpt2.py, from environment variables that real runs do not set:
+    TRAIN_GPT2_TEST_LOSS_FACTOR="3=nan,9=100" multiplies the loss of those steps (NaN, spikes);
+    TRAIN_GPT2_TEST_KILL_AT="rank:step" SIGKILLs that rank at the start of that step, on torchrun's first attempt;
+    TRAIN_GPT2_TEST_STEP_SLEEP / TRAIN_GPT2_TEST_CHECKPOINT_SLEEP: seconds to sleep after each step / before the
+    rename of each checkpoint, so that a test can signal or kill the run at a chosen moment."""
+    env = os.environ.get
+    factors = dict(item.split("=") for item in env("TRAIN_GPT2_TEST_LOSS_FACTOR", "").split(",") if item)
+    kill = env("TRAIN_GPT2_TEST_KILL_AT", "")
+    first_attempt = env("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    return dict(loss_factor={int(step): float(factor) for step, factor in factors.items()},
+                kill_at=tuple(map(int, kill.split(":"))) if kill and first_attempt else None,
+                step_sleep=float(env("TRAIN_GPT2_TEST_STEP_SLEEP", "0")),
+                checkpoint_sleep=float(env("TRAIN_GPT2_TEST_CHECKPOINT_SLEEP", "0")))
+
+
+def init_process_group(backend, rank, world_size):
+    """torchrun's restarts reuse its key-value store, where the previous attempt's keys would send the new ranks
+    to dead peers (pytorch#135712): give each attempt a namespace of its own."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return dist.init_process_group(backend)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
+    store = dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+
+
+def pick_device(requested, local_rank, ddp):
+    if requested == "auto":
+        mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        requested = "cuda" if torch.cuda.is_available() else "mps" if mps and not ddp else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FatalError(f"--device {requested}, but no CUDA GPU is visible; use --device cpu")
+        requested = f"cuda:{local_rank}" if requested == "cuda" else requested
+        torch.cuda.set_device(requested)
+    elif requested == "mps" and (ddp or not torch.backends.mps.is_available()):
+        raise FatalError("--device mps needs an available Apple GPU and a single process")
+    elif requested not in ("cpu", "mps"):
+        raise FatalError(f"--device {requested} is not one of auto, cpu, cuda, cuda:N, mps")
+    return requested
+
+
+def pick_dtype(requested, device_type):
+    if requested == "auto":
+        if device_type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "fp16" and device_type != "cuda":
+        raise FatalError("--dtype fp16 needs CUDA (it trains with a CUDA GradScaler); use bf16 or fp32")
+    if requested == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise FatalError("this GPU has no bf16 support; use --dtype fp16")
+    return requested
+
+
+# -----------------------------------------------------------------------------
+# main: setup, then the loop
+
+def main(argv=None):
+    args = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # step lines show up at once through pipes and tee
+
+    # DDP facts from torchrun's environment, the only state shared by everything below
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")) if ddp else (0, 0, 1)
+    master = rank == 0
+    hooks = test_hooks()
+
+    config = model_config(args)
+    check_args(args, config, world_size)
+    B, T = args.batch_size, args.seq_len
+    grad_accum_steps = args.total_batch_size // (B * T * world_size)
+    windows_per_step = args.total_batch_size // T
+
+    # data first, so that bad shards fail before the process group forms
+    train_loader = ShardLoader(args.data_dir, "train", B, T, rank, world_size, args.seed, shuffle=True)
+    val_loader = ShardLoader(args.data_dir, "val", B, T)
+    if train_loader.windows_per_epoch < windows_per_step:
+        raise FatalError(f"the train shards hold {train_loader.windows_per_epoch * T} tokens, fewer than one step "
+                         f"of --total-batch-size {args.total_batch_size}")
+    val_batches = min(args.val_tokens // T, val_loader.windows_per_epoch) // B
+    if args.eval_every and val_batches == 0:
+        raise FatalError(f"--val-tokens {args.val_tokens} is less than one val batch of {B * T} tokens")
+    if args.epochs:
+        args.max_steps = args.epochs * train_loader.windows_per_epoch // windows_per_step
+        if args.max_steps == 0:
+            raise FatalError(f"--epochs {args.epochs} is less than one step of --total-batch-size {args.total_batch_size}")
+
+    device = pick_device(args.device, local_rank, ddp)
+    device_type = device.split(":")[0]
+    dtype = pick_dtype(args.dtype, device_type)
+    if ddp:
+        init_process_group("nccl" if device_type == "cuda" else "gloo", rank, world_size)
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
+    ptdtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[dtype]
+    autocast = torch.autocast(device_type, dtype=ptdtype) if ptdtype else contextlib.nullcontext()
+
+    # the model, its optimizer, and the fp16 loss scaler
+    torch.manual_seed(args.seed)
+    raw_model = GPT(config).to(device)
+    optimizer = raw_model.configure_optimizers(args.weight_decay, args.max_lr, device_type)
+    scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
+
+    # resume: the newest checkpoint in the log dir (auto), a given one, or none
+    start_step, recent_losses, bad_streak, resumed_evals_done = 0, deque(maxlen=SPIKE_WINDOW), 0, False
+    resume_path = resolve_resume(args.resume, args.log_dir)
+    if resume_path:
+        try:
+            checkpoint = load_checkpoint(resume_path)
+        except (ValueError, FileNotFoundError) as e:
+            raise FatalError(f"{e}; delete it to resume from an earlier checkpoint, or pass --resume") from None
+        if checkpoint["config"] != dataclasses.asdict(config):
+            diff = ", ".join(f"{k} {v} vs {getattr(config, k)}" for k, v in checkpoint["config"].items()
+                             if getattr(config, k, None) != v)
+            raise FatalError(f"{resume_path} holds a different model ({diff}): pass the flags it was trained with "
+                             f"(--model/--n-layer/...) or use another --log-dir")
+        raw_model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        train_loader.load_state_dict(checkpoint["loader"])
+        if scaler is not None and checkpoint.get("grad_scaler"):
+            scaler.load_state_dict(checkpoint["grad_scaler"])
+        if rank < len(checkpoint["rng"]):
+            set_rng_state(checkpoint["rng"][rank], device_type)
+        start_step, bad_streak = checkpoint["step"], checkpoint["bad_steps"]
+        recent_losses.extend(checkpoint["recent_losses"])
+        resumed_evals_done = checkpoint["evals_done"]
+    log_file = os.path.join(args.log_dir, "log.txt")
+    if master:
+        os.makedirs(args.log_dir, exist_ok=True)
+        for name in os.listdir(args.log_dir):
+            if re.fullmatch(r"model_\d+\.pt\.tmp", name):  # left by a run killed mid-write
+                os.remove(os.path.join(args.log_dir, name))
+        if not resume_path:
+            open(log_file, "w").close()  # a fresh run starts a fresh log; a resumed one appends
+
+    # compile for training and val (fixed shapes); HellaSwag and sampling have varying shapes and use
+    # raw_model, which shares the parameters, so nothing recompiles and nothing breaks
+    use_compile = args.compile if args.compile is not None else device_type == "cuda"
+    model = torch.compile(raw_model) if use_compile else raw_model
+    eval_model = model
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+    # periodic work: which of it can run here
+    vocab_ok = config.vocab_size >= 50257  # the GPT-2 tokenizer's ids must fit the embedding
+    hellaswag_examples = None
+    if args.hellaswag_every and vocab_ok:
+        hellaswag_examples = load_hellaswag(rank, world_size, device)
+    enc = None
+    if args.sample_every and vocab_ok and master:
+        import fineweb
+        enc = fineweb.get_tokenizer()
+    if master and not vocab_ok and (args.hellaswag_every or args.sample_every):
+        print(f"warning: no HellaSwag or samples: vocab size {config.vocab_size} cannot hold GPT-2 tokens",
+              file=sys.stderr)
+    flops_per_tok = flops_per_token(config, T)
+    device_name = torch.cuda.get_device_name(device) if device_type == "cuda" else device_type
+
+    if master:
+        print(f"model {args.model} {dataclasses.asdict(config)}: {raw_model.num_params():,} parameters")
+        print(f"device {device} ({device_name}), dtype {dtype}, compile {use_compile}, world size {world_size}")
+        print(f"total batch {args.total_batch_size} tokens = {B} x {T} x {world_size} ranks x {grad_accum_steps} "
+              f"accumulation steps; {args.max_steps} steps; {train_loader.windows_per_epoch * T:,} train tokens "
+              f"per epoch; {val_batches * B * T:,} val tokens")
+        print(f"resuming from {resume_path} at step {start_step}" if resume_path else "starting from scratch")
+
+    def write_checkpoint(step, val_loss, evals_done):
+        """Every rank contributes its RNG state; rank 0 writes the file, then prunes old ones."""
+        states = [rng_state(device_type)]
+        if ddp:
+            states = [None] * world_size
+            dist.all_gather_object(states, rng_state(device_type))
+        if not master:
+            return
+        path = os.path.join(args.log_dir, f"model_{step:05d}.pt")
+        save_checkpoint(path, dict(
+            model=raw_model.state_dict(), config=dataclasses.asdict(config), step=step, val_loss=val_loss,
+            optimizer=optimizer.state_dict(), loader=train_loader.state_dict(), rng=states,
+            grad_scaler=scaler.state_dict() if scaler else None, args=vars(args), evals_done=evals_done,
+            recent_losses=list(recent_losses), bad_steps=bad_streak), hooks["checkpoint_sleep"])
+        if args.keep_checkpoints:
+            for _, old in find_checkpoints(args.log_dir)[:-args.keep_checkpoints]:
+                os.remove(old)
+        print(f"wrote {path}")
+
+    # SIGTERM / Ctrl-C: note it; the loop checkpoints at the end of the step and exits. Restoring the default
+    # handlers means that a second signal stops the process at once.
+    signals_received = []
+    original_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum, frame):
+        signals_received.append(signum)
+        for s, handler in original_handlers.items():
+            signal.signal(s, handler)
+    for s in original_handlers:
+        signal.signal(s, on_signal)
+
+    # -------------------------------------------------------------------------
+    # the loop: at the top of iteration `step`, the weights have had `step` updates
+    for step in range(start_step, args.max_steps + 1):
+        last_step = step == args.max_steps
+        val_loss = None
+        if step > start_step or not resumed_evals_done:  # a resumed checkpoint's step was evaluated before it was saved
+            if due(args.eval_every, step, args.max_steps):
+                val_loss = evaluate_val(eval_model, val_loader, val_batches, device, autocast, rank, world_size)
+                if master:
+                    print(f"step {step:5d} | val loss {val_loss:.4f}")
+                    append_log(log_file, f"{step} val {val_loss:.4f}")
+            if hellaswag_examples and due(args.hellaswag_every, step, args.max_steps):
+                import hellaswag
+                result = hellaswag.evaluate(raw_model, hellaswag_examples, device, batch_size=B,
+                                            autocast_dtype=ptdtype, rank=rank, world_size=world_size)
+                if master:
+                    print(f"step {step:5d} | hellaswag acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} "
+                          f"harness acc {result['harness_acc']:.4f} acc_norm {result['harness_acc_norm']:.4f} "
+                          f"(n={result['n']})")
+                    append_log(log_file, f"{step} hella {result['acc_norm']:.4f}")
+            if enc is not None and step > 0 and due(args.sample_every, step, args.max_steps):
+                print_samples(raw_model, enc, step, args.seed, device, autocast, args.sample_tokens)
+        if step > start_step and due(args.checkpoint_every, step, args.max_steps):
+            write_checkpoint(step, val_loss, evals_done=True)
+        if last_step:
+            break
+
+        # one optimizer step over total_batch_size tokens: grad_accum_steps micro-batches per rank
+        t0 = time.time()
+        if hooks["kill_at"] == (rank, step):
+            os.kill(os.getpid(), signal.SIGKILL)
+        batch = to_device(train_loader.next_batch(), device)
+        loss_accum = torch.zeros((), device=device)
+        for micro_step in range(grad_accum_steps):
+            x, y = batch
+            if micro_step + 1 < grad_accum_steps:  # prefetch: host work and copy overlap the queued GPU work
+                batch = to_device(train_loader.next_batch(), device)
+            last_micro_step = micro_step == grad_accum_steps - 1
+            # DDP all-reduces gradients during backward: only on the last micro-step, once they are complete
+            with model.no_sync() if ddp and not last_micro_step else contextlib.nullcontext():
+                with autocast:
+                    _, loss = model(x, y)
+                if step in hooks["loss_factor"]:
+                    loss = loss * hooks["loss_factor"][step]
+                loss = loss / grad_accum_steps  # the gradients sum over micro-steps: make that their mean
+                loss_accum += loss.detach()
+                (scaler.scale(loss) if scaler else loss).backward()
+        # one all-reduce carries the loss and whether any rank was asked to stop
+        stats = torch.stack([loss_accum, torch.tensor(float(bool(signals_received)), device=device)])
+        if ddp:
+            dist.all_reduce(stats)
+        if scaler:
+            scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or float("inf"))
+        train_loss, stop_votes, norm = torch.stack([stats[0] / world_size, stats[1], norm.float()]).tolist()  # 1 sync
+        lr = get_lr(step, args.max_lr, args.min_lr, args.warmup_steps, args.max_steps)
+        # a NaN/inf loss, or a spike, must not reach the weights: every rank sees the same loss, so all skip
+        bad = not math.isfinite(train_loss) or is_spike(train_loss, recent_losses, args.skip_spikes)
+        if bad:
+            bad_streak += 1
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            scaler.step(optimizer) if scaler else optimizer.step()
+            bad_streak = 0
+            recent_losses.append(train_loss)
+        if scaler:
+            scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.time() - t0
+
+        if master:
+            tokens_per_sec = args.total_batch_size / dt
+            mfu = estimate_mfu(tokens_per_sec / world_size, flops_per_tok, device_name)
+            print(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | "
+                  f"tok/s {tokens_per_sec:.0f} | mfu {format_mfu(mfu)}")
+            if bad:
+                print(f"warning: step {step}: loss {train_loss} is {'a spike' if math.isfinite(train_loss) else 'not finite'}"
+                      f", update skipped ({bad_streak} in a row)", file=sys.stderr)
+                append_log(log_file, f"{step} skip {train_loss:.6f}")
+            else:
+                append_log(log_file, f"{step} train {train_loss:.6f}")
+        if args.max_bad_steps and bad_streak >= args.max_bad_steps:
+            kept = find_checkpoints(args.log_dir)
+            raise Diverged(f"{bad_streak} steps in a row, up to step {step}, had a non-finite or spiking loss: "
+                           f"stopping. Their updates were skipped; the last checkpoint is "
+                           f"{kept[-1][1] if kept else 'none (none was written)'}. Resume from it with a lower "
+                           f"--max-lr, or check the data")
+        if stop_votes:
+            write_checkpoint(step + 1, None, evals_done=False)
+            signum = signals_received[0] if signals_received else signal.SIGTERM
+            if master:
+                print(f"stopping on {signal.Signals(signum).name} after step {step}: resume with the same command",
+                      file=sys.stderr)
+            return 128 + signum
+        time.sleep(hooks["step_sleep"])
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        code = main()
+    except FatalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 3
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(code)
