@@ -20,14 +20,13 @@ import hashlib
 import importlib.util
 import itertools
 import json
-import multiprocessing as mp
 import os
 import signal
 import sys
 import sysconfig
 import tempfile
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import tiktoken
@@ -230,19 +229,23 @@ def ignore_sigint():
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
 
 def ordered_pool_map(fn, items, num_proc):
-    """map(fn, items) on num_proc processes, in order, with at most 2*num_proc items in flight. Pool.imap would
-    read the whole corpus ahead into memory when reading is faster than tokenizing."""
+    """map(fn, items) on num_proc processes, in order, with at most 2*num_proc items in flight: Pool.imap would
+    read the whole corpus ahead into memory whenever reading is faster than tokenizing, and Pool.terminate can
+    hang while a large task is still in its pipe."""
     if num_proc <= 1:
         yield from map(fn, items)
         return
-    with mp.Pool(num_proc, initializer=ignore_sigint) as pool:
+    executor = ProcessPoolExecutor(num_proc, initializer=ignore_sigint)
+    try:
         pending = deque()
         for item in items:
-            pending.append(pool.apply_async(fn, (item,)))
+            pending.append(executor.submit(fn, item))
             if len(pending) >= 2 * num_proc:
-                yield pending.popleft().get()
+                yield pending.popleft().result()
         while pending:
-            yield pending.popleft().get()
+            yield pending.popleft().result()
+    finally:
+        executor.shutdown(cancel_futures=True)  # on an early stop, drop the work that nobody will read
 
 def cursor(first_doc, ends, position):
     """(document, token offset) of the token at position in a batch whose documents end at ends."""
@@ -253,12 +256,12 @@ def save_shard(path, tokens, out_dir, progress_json):
     write_atomically(path, lambda f: np.save(f, tokens))
     write_atomically(os.path.join(out_dir, PROGRESS_FILE), lambda f: f.write(progress_json))  # only once it is saved
 
-def tokenize_into_shards(docs, out_dir, progress, num_proc):
+def tokenize_into_shards(docs, out_dir, progress, num_proc, verbose):
     config, starts = progress["config"], progress["starts"]
     shard_size, prefix, limit = config["shard_size"], config["prefix"], config["max_tokens"] or float("inf")
     shard, (doc_index, skip_tokens) = len(starts) - 1, starts[-1]
     total = shard * shard_size
-    if shard:
+    if shard and verbose:
         print(f"resuming at shard {shard}: skipping the {doc_index:,} documents before it")
     docs = itertools.islice(docs, doc_index, None)
     first = next(docs, None)  # read one document now, so that a bad corpus fails before any work starts
@@ -269,8 +272,7 @@ def tokenize_into_shards(docs, out_dir, progress, num_proc):
     batch_chars = min(1 << 20, config["max_tokens"] or 1 << 20)  # don't read far past a small --max-tokens
     results = ordered_pool_map(tokenize_documents, batched_by_size(docs, batch_chars), num_proc)
     buffers = [np.empty(shard_size, dtype=np.uint16) for _ in range(2)]  # one fills while the other is saved
-    filled, saving, here = 0, None, starts[-1]
-    bar = tqdm(total=config["max_tokens"], initial=total, unit="tok", unit_scale=True, desc=out_dir)
+    filled, saving, here, bar = 0, None, starts[-1], None
 
     def finish_shard(tokens, final):
         nonlocal shard, filled, saving
@@ -285,6 +287,8 @@ def tokenize_into_shards(docs, out_dir, progress, num_proc):
     with contextlib.closing(results), ThreadPoolExecutor(1) as writer:
         batch_first_doc = doc_index
         for tokens, ends in results:
+            if bar is None:  # only now: workers are forked before any thread of ours exists
+                bar = tqdm(total=config["max_tokens"], initial=total, unit="tok", unit_scale=True, desc=out_dir, disable=not verbose)
             position, skip_tokens = skip_tokens, 0  # on resume, the first document's tokens already in a shard
             while position < len(tokens) and total < limit:
                 take = int(min(len(tokens) - position, shard_size - filled, limit - total))
@@ -301,16 +305,19 @@ def tokenize_into_shards(docs, out_dir, progress, num_proc):
             finish_shard(buffers[shard % 2][:filled], final=True)  # the last shard is partial
         if saving is not None:
             saving.result()
-    bar.close()
+    if bar is not None:
+        bar.close()
     if not progress["finished"]:  # the corpus ended exactly at a shard boundary
         progress.update(finished=True, tokens=total)
         save_progress(out_dir, progress)
 
-def write_shards(docs, out_dir, shard_size=10**8, max_tokens=None, num_proc=None, prefix="edufineweb", source="documents"):
+def write_shards(docs, out_dir, shard_size=10**8, max_tokens=None, num_proc=None, prefix="edufineweb", source="documents",
+                 verbose=True):
     """Tokenizes docs (an iterable of str, in the same order on every run) into shards of shard_size tokens in
     out_dir, stopping after max_tokens tokens, on num_proc processes (default: all cores). If out_dir holds an
     interrupted run with the same arguments and source (any JSON value that names the corpus), it skips the
-    documents of the completed shards and continues. Returns the paths of all the shards."""
+    documents of the completed shards and continues. verbose: a progress bar and a summary line.
+    Returns the paths of all the shards."""
     config = {"source": source, "shard_size": shard_size, "max_tokens": max_tokens, "prefix": prefix}
     check_writable(out_dir)
     progress = load_progress(out_dir, config)
@@ -318,9 +325,10 @@ def write_shards(docs, out_dir, shard_size=10**8, max_tokens=None, num_proc=None
         for stale in glob.glob(os.path.join(out_dir, f"{prefix}_*.tmp")):
             os.remove(stale)  # left by a killed run
         save_progress(out_dir, progress)  # from now on, any shard in out_dir is one that this run recorded
-        tokenize_into_shards(docs, out_dir, progress, num_proc or os.cpu_count() or 1)
+        tokenize_into_shards(docs, out_dir, progress, num_proc or os.cpu_count() or 1, verbose)
     paths = [shard_path(out_dir, prefix, i) for i in range(len(progress["starts"]) - 1)]
-    print(f"{out_dir}: {progress['tokens']:,} tokens in {len(paths)} shards")
+    if verbose:
+        print(f"{out_dir}: {progress['tokens']:,} tokens in {len(paths)} shards")
     return paths
 
 # -----------------------------------------------------------------------------
