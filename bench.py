@@ -17,8 +17,10 @@ import resource
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from datetime import date
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -39,6 +41,10 @@ LEARNING_RATE = 6e-4  # GPT-2 124M's max lr; the value does not change the cost 
 WEIGHT_DECAY = 0.1
 GRAD_CLIP = 1.0
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class BenchError(Exception):
+    """A problem the user can act on, printed as one line `error: ...` (exit code 2)."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -67,7 +73,11 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, help=f"untimed steps first, compile included {per_device('warmup')}")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help=f"torch.compile the model "
                                                                                  f"{per_device('compile')}")
-    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (train_gpt2.py: "
+                                                                      "inductor; aot_eager needs no C++ compiler)")
+    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune",
+                                                                      "max-autotune-no-cudagraphs"],
+                        help="torch.compile mode (train_gpt2.py: default), to try what else might pay")
     parser.add_argument("--dtype", choices=DTYPES, help=f"autocast dtype; fp16 adds a GradScaler "
                                                         f"(default: bf16 on cuda, fp16 where bf16 is unsupported, "
                                                         f"fp32 on cpu)")
@@ -101,6 +111,9 @@ def resolve_args(args):
     for key, value in DEVICE_DEFAULTS[device_type].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.dtype == "fp16" and device_type != "cuda":
+        raise ValueError("--dtype fp16 needs CUDA (it trains with a CUDA GradScaler, as train_gpt2.py): use bf16 "
+                         "or fp32")
     for name in ("batch_size", "seq_len", "grad_accum", "steps", "rounds", "profile_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -112,6 +125,10 @@ def resolve_args(args):
         raise ValueError("--profile looks at one path: run it without --compare")
     if args.trace and not args.profile:
         raise ValueError("--trace needs --profile")
+    compiles = args.compile or args.compare  # the lookup imports torch._dynamo: seconds, so only when needed
+    if compiles and args.compile_backend not in torch.compiler.list_backends(exclude_tags=()):
+        raise ValueError(f"--compile-backend {args.compile_backend} is not a torch.compile backend: use inductor, "
+                         f"or aot_eager where there is no C++ compiler")
     args.device_type = device_type
     args.config = build_config(args)
     return args
@@ -131,29 +148,33 @@ def build_config(args):
 
 
 # -----------------------------------------------------------------------------
-# data: random tokens, moved to the device the way train_gpt2.py's loader does it
+# data: random tokens, handed over and moved to the device the way train_gpt2.py's loader does it
 
 
 class RandomBatches:
-    """Batches of random token ids in pinned host memory, copied with non_blocking=True, one batch ahead:
-    the copy of the next batch is queued while the current one is being used."""
+    """Stands in for train_gpt2.py's ShardLoader: next_batch() gives (B, T+1) int64 rows on the host, converted
+    from uint16 tokens as the shard loader converts them. The rows cycle through a small pool of random ones."""
 
-    def __init__(self, batch_size, seq_len, vocab_size, device, generator, pool_size=8):
-        pin = torch.device(device).type == "cuda"
-        self.pool = [torch.randint(0, vocab_size, (batch_size * seq_len + 1,), generator=generator)
+    def __init__(self, batch_size, seq_len, vocab_size, seed=0, pool_size=8):
+        rng = np.random.default_rng(seed)
+        self.pool = [rng.integers(0, vocab_size, (batch_size, seq_len + 1), dtype=np.uint16)
                      for _ in range(pool_size)]
-        self.pool = [tokens.pin_memory() if pin else tokens for tokens in self.pool]
-        self.shape, self.device, self.index = (batch_size, seq_len), device, 0
-        self.ready = self._copy_next()
-
-    def _copy_next(self):
-        tokens = self.pool[self.index % len(self.pool)].to(self.device, non_blocking=True)
-        self.index += 1
-        return tokens
+        self.index = 0
 
     def next_batch(self):
-        tokens, self.ready = self.ready, self._copy_next()
-        return tokens[:-1].view(self.shape), tokens[1:].view(self.shape)  # inputs, targets shifted by one
+        rows = self.pool[self.index % len(self.pool)]
+        self.index += 1
+        return torch.from_numpy(rows.astype(np.int64))
+
+
+def to_device(rows, device):
+    """train_gpt2.py's to_device, copied (nothing imports train_gpt2.py): host rows (B, T+1) -> inputs and
+    targets on the device. From pinned memory the copy is asynchronous, so it overlaps the queued GPU work."""
+    if device.startswith("cuda"):
+        rows = rows.pin_memory().to(device, non_blocking=True)
+    else:
+        rows = rows.to(device)
+    return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
 
 # -----------------------------------------------------------------------------
@@ -190,44 +211,54 @@ def use_manual_attention(model):
 # the training step
 
 
-
-
 def make_train_step(args, compile=None, fused=None, attention="flash", batches=None, lr=LEARNING_RATE):
-    """Build a model and optimizer; return (step, raw_model, optimizer). step() runs one optimizer step the way
-    train_gpt2.py does and returns the step's mean loss as a float. compile=None means args.compile;
-    fused=None is configure_optimizers' default (fused on CUDA); batches defaults to random tokens."""
+    """Build a model and optimizer; return (step, raw_model, optimizer). step() runs one optimizer step as
+    train_gpt2.py's loop does and returns the step's loss. compile=None means args.compile; fused=None is
+    configure_optimizers' default (fused on CUDA); batches defaults to random tokens."""
     compile = args.compile if compile is None else compile
+    device, device_type = args.device, args.device_type
     torch.manual_seed(args.seed)
-    raw_model = GPT(args.config).to(args.device)
+    raw_model = GPT(args.config).to(device)
     if attention == "manual":
         use_manual_attention(raw_model)
-    model = torch.compile(raw_model, backend=args.compile_backend) if compile else raw_model
-    optimizer = raw_model.configure_optimizers(WEIGHT_DECAY, lr, args.device_type, fused=fused)
-    scaler = torch.amp.GradScaler(args.device_type, enabled=args.dtype == "fp16")
+    model = torch.compile(raw_model, backend=args.compile_backend, mode=args.compile_mode) if compile else raw_model
+    optimizer = raw_model.configure_optimizers(WEIGHT_DECAY, lr, device_type, fused=fused)
+    scaler = torch.amp.GradScaler("cuda") if args.dtype == "fp16" else None
+    autocast = torch.autocast(device_type, dtype=DTYPES[args.dtype]) if args.dtype != "fp32" else nullcontext()
     if batches is None:
-        generator = torch.Generator().manual_seed(args.seed)
-        batches = RandomBatches(args.batch_size, args.seq_len, args.config.vocab_size, args.device, generator)
-    autocast_dtype = DTYPES[args.dtype]
+        batches = RandomBatches(args.batch_size, args.seq_len, args.config.vocab_size, args.seed)
+    grad_accum_steps = args.grad_accum
 
+    # The body of train_gpt2.py's loop, line for line, less what a single process on random tokens does not
+    # need: DDP (no_sync on all but the last micro-step, the all-reduce of the loss), the lr schedule (a
+    # constant), the spike test and the log line. Keep the two in step when either changes.
     def step():
-        loss_accum = torch.zeros((), device=args.device)
-        for micro_step in range(args.grad_accum):
-            x, y = batches.next_batch()
-            # train_gpt2.py also runs backward under DDP's no_sync() on all but the last micro-step; bench is
-            # one process, so there is no gradient all-reduce to skip
-            with torch.autocast(args.device_type, dtype=autocast_dtype, enabled=args.dtype != "fp32"):
+        batch = to_device(batches.next_batch(), device)
+        loss_accum = torch.zeros((), device=device)
+        for micro_step in range(grad_accum_steps):
+            x, y = batch
+            if micro_step + 1 < grad_accum_steps:  # prefetch: host work and copy overlap the queued GPU work
+                batch = to_device(batches.next_batch(), device)
+            with autocast:
                 _, loss = model(x, y)
-            loss = loss / args.grad_accum  # the step's loss is the mean over all micro-steps, not their sum
-            loss_accum += loss.detach()  # stays on the device: no host sync inside the step
-            scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones (no-op unless fp16)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), GRAD_CLIP)
-        for group in optimizer.param_groups:
-            group["lr"] = lr  # train_gpt2.py sets the scheduled lr here, every step
-        scaler.step(optimizer)
-        scaler.update()
+            loss = loss / grad_accum_steps  # the gradients sum over micro-steps: make that their mean
+            loss_accum += loss.detach()  # stays on the device: no host sync inside the micro-steps
+            (scaler.scale(loss) if scaler else loss).backward()
+        stats = torch.stack([loss_accum, torch.tensor(0.0, device=device)])  # loss and the stop vote
+        if scaler:
+            scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), GRAD_CLIP)
+        train_loss, _, norm = torch.stack([stats[0], stats[1], norm.float()]).tolist()  # the step's one sync
+        if math.isfinite(train_loss):  # a non-finite loss must not reach the weights
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            scaler.step(optimizer) if scaler else optimizer.step()
+        if scaler:
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        return loss_accum.item()  # the one host sync per step, which the log line needs anyway
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        return train_loss
 
     return step, raw_model, optimizer
 
@@ -251,8 +282,8 @@ def warm_up(step, n, device_type):
 
 
 def time_steps(step, n, device_type):
-    """Seconds for each of n steps. A step ends in .item(), a host sync, and we synchronize around each one as
-    well, so every interval covers the GPU work of exactly that step."""
+    """Seconds for each of n steps. A step ends in a host sync (train_gpt2.py's .tolist() and synchronize), and
+    we synchronize around each one as well, so every interval covers the GPU work of exactly that step."""
     times = []
     synchronize(device_type)
     for _ in range(n):
@@ -293,9 +324,11 @@ def figures(args, step_times):
     return ms, tokens_per_sec, mfu
 
 
-def describe(compile, fused, attention, backend):
-    return (f"{'compiled (' + backend + ')' if compile else 'eager'}, AdamW {'fused' if fused else 'foreach'}, "
-            f"{attention} attention")
+def describe(args, compile, fused, attention):
+    """A path in words, e.g. 'compiled (inductor), AdamW fused, flash attention'."""
+    how = args.compile_backend + ("" if args.compile_mode == "default" else f", {args.compile_mode}")
+    compiled = f"compiled ({how})" if compile else "eager"
+    return f"{compiled}, AdamW {'fused' if fused else 'foreach'}, {attention} attention"
 
 
 # -----------------------------------------------------------------------------
@@ -308,7 +341,7 @@ def print_header(args):
     print(f"device: {device_name(args)}{threads} | torch {torch.__version__} | {date.today().isoformat()}")
     with torch.device("meta"):  # counts only: no memory, no init
         n_params = GPT(c).num_params()
-    note = " (tiny smoke-test model with a 512-token vocabulary, not GPT-2)" if args.model == "tiny" else ""
+    note = " (a smoke-test model, not GPT-2)" if args.model == "tiny" else ""
     print(f"model: {args.model}{note} | n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} "
           f"vocab_size={c.vocab_size} | {n_params:,} parameters")
     print(f"batch: B={args.batch_size} T={args.seq_len} grad_accum={args.grad_accum} | "
@@ -318,9 +351,19 @@ def print_header(args):
 
 def run_single(args):
     step, _, optimizer = make_train_step(args)
-    print(f"path: {describe(args.compile, optimizer.defaults.get('fused'), 'flash', args.compile_backend)}")
-    warmup_s = warm_up(step, args.warmup, args.device_type)
-    print(f"warm-up: {args.warmup} steps in {warmup_s:.2f} s (compile included, excluded from the figures)")
+    print(f"path: {describe(args, args.compile, optimizer.defaults.get('fused'), 'flash')}")
+    warmup_steps = max(args.warmup, 1) if args.compile else args.warmup  # compiling in the timed steps: never
+    try:
+        warmup_s = warm_up(step, warmup_steps, args.device_type)
+    except torch.cuda.OutOfMemoryError:
+        raise BenchError(f"out of GPU memory at --batch-size {args.batch_size}: lower it and raise --grad-accum "
+                         f"to keep the tokens per step") from None
+    except Exception as e:
+        if not args.compile:
+            raise
+        raise BenchError(f"the compiled model does not run here ({first_line(e)}): try --no-compile, or "
+                         f"--compile-backend aot_eager where there is no C++ compiler") from None
+    print(f"warm-up: {warmup_steps} steps in {warmup_s:.2f} s (compile included, excluded from the figures)")
     reset_peak_memory(args.device_type)
     times = time_steps(step, args.steps, args.device_type)
     ms, tokens_per_sec, mfu = figures(args, times)
@@ -367,7 +410,7 @@ def run_compare(args):
     order (A B C D, B C D A, ...) so drift on a shared machine hits them alike. A ratio is the baseline's median
     step time over the variant's in the same round (= tokens/s over the baseline's), median over rounds."""
     settings = compare_settings(args)
-    names = [describe(**s, backend=args.compile_backend) for s in settings]
+    names = [describe(args, **s) for s in settings]
     warmup_steps = max(args.warmup, 1)  # at least one: it is where compile happens and failures show up
     steps, warmup_s, failures = {}, {}, {}
     for name, setting in zip(names, settings):
@@ -397,7 +440,7 @@ def run_compare(args):
             if args.device_type == "cuda":
                 step_memory[name] = max(step_memory[name], torch.cuda.max_memory_allocated() - resident)
     if names[0] in failures:
-        raise RuntimeError(f"the baseline ({names[0]}) cannot run: {failures[names[0]]}")
+        raise BenchError(f"the baseline ({names[0]}) cannot run here: {failures[names[0]]}")
     print_compare_table(args, names, round_times, step_memory, warmup_s, failures, warmup_steps, steps_per_round)
 
 
@@ -405,18 +448,19 @@ def print_compare_table(args, names, round_times, step_memory, warmup_s, failure
     print(f"compare: warm-up {warmup_steps} steps each, then {args.rounds} rounds x {steps_per_round} steps, "
           f"interleaved; ratio = tokens/s over the baseline's, median over rounds (min-max)")
     cuda = args.device_type == "cuda"
-    print(f"{'variant':<56} {'tokens/s':>12} {'ms/step':>9} {'ratio':>18} {'MFU':>8} {'warm-up s':>10}"
+    labels = [("baseline: " if i == 0 else "") + name for i, name in enumerate(names)]
+    width = max(len(label) for label in labels)
+    print(f"{'variant':<{width}} {'tokens/s':>12} {'ms/step':>9} {'ratio':>18} {'MFU':>8} {'warm-up s':>10}"
           + (f" {'step mem MiB':>13}" if cuda else ""))
-    for i, name in enumerate(names):
-        label = ("baseline: " if i == 0 else "") + name
+    for name, label in zip(names, labels):
         if name in failures:
-            print(f"{label:<56} {failures[name]}")
+            print(f"{label:<{width}} {failures[name]}")
             continue
         ms, tokens_per_sec, mfu = figures(args, [t for times in round_times[name] for t in times])
         ratios = [statistics.median(base) / statistics.median(own)
                   for base, own in zip(round_times[names[0]], round_times[name])]
         ratio = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-        print(f"{label:<56} {tokens_per_sec:>12,.0f} {ms:>9.2f} {ratio:>18} {format_mfu(mfu):>8} "
+        print(f"{label:<{width}} {tokens_per_sec:>12,.0f} {ms:>9.2f} {ratio:>18} {format_mfu(mfu):>8} "
               f"{warmup_s[name]:>10.2f}" + (f" {step_memory[name] / 2**20:>13,.0f}" if cuda else ""))
     if cuda:
         print("step mem: peak allocated during the variant's steps above what was allocated before them (the "
@@ -458,7 +502,7 @@ def main(argv=None):
     args = resolve_args(parse_args(argv))
     if args.device_type == "cuda":
         torch.cuda.set_device(args.device)  # so the memory counters and the profiler look at this GPU
-        torch.set_float32_matmul_precision("high")  # TF32 for matmuls left in fp32, as in train_gpt2.py
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer, as train_gpt2.py
     print_header(args)
     if args.compare:
         run_compare(args)
@@ -469,6 +513,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, BenchError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -27,22 +27,21 @@ def tiny_args(*flags):
 
 
 class FixedBatches:
-    """The same (x, y) every time, or the given list of batches in turn."""
+    """Host rows (B, T+1) like the loader's: the same rows every time, or the given list of them in turn."""
 
     def __init__(self, *batches):
         self.batches, self.index = batches, 0
 
     def next_batch(self):
-        batch = self.batches[self.index % len(self.batches)]
+        rows = self.batches[self.index % len(self.batches)]
         self.index += 1
-        return batch
+        return rows
 
 
-def random_batch(args, batch_size=None, seed=0):
+def random_rows(args, batch_size=None, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, args.config.vocab_size, ((batch_size or args.batch_size), args.seq_len + 1),
-                           generator=generator)
-    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # as a real loader hands them over
+    return torch.randint(0, args.config.vocab_size, (batch_size or args.batch_size, args.seq_len + 1),
+                         generator=generator)
 
 
 # -----------------------------------------------------------------------------
@@ -97,6 +96,8 @@ def test_bad_input_is_one_line_error():
     (["--compare", "--steps", "2", "--rounds", "5"], "--compare needs --steps >= --rounds"),
     (["--trace", "t.json"], "--trace needs --profile"),
     (["--warmup", "-1"], "--warmup must be 0 or more"),
+    (["--dtype", "fp16"], "--dtype fp16 needs CUDA"),
+    (["--compile", "--compile-backend", "nosuch"], "is not a torch.compile backend"),
 ])
 def test_bad_input_messages(flags, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -113,7 +114,7 @@ def test_manual_attention_gives_the_flash_loss_and_gradients():
     torch.manual_seed(0)
     flash = GPT(args.config)
     manual = bench.use_manual_attention(copy.deepcopy(flash))
-    x, y = random_batch(args, batch_size=4)
+    x, y = bench.to_device(random_rows(args, batch_size=4), "cpu")
     _, flash_loss = flash(x, y)
     _, manual_loss = manual(x, y)
     assert manual_loss.item() == pytest.approx(flash_loss.item(), abs=1e-5)
@@ -127,7 +128,7 @@ def test_manual_attention_gives_the_flash_loss_and_gradients():
 def test_step_trains_the_model():
     # the timed step must be real training: weights move and the loss on a repeated batch goes down
     args = tiny_args()
-    step, model, _ = bench.make_train_step(args, batches=FixedBatches(random_batch(args)), lr=1e-3)
+    step, model, _ = bench.make_train_step(args, batches=FixedBatches(random_rows(args)), lr=1e-3)
     before = [p.detach().clone() for p in model.parameters()]
     losses = [step() for _ in range(8)]
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
@@ -136,24 +137,34 @@ def test_step_trains_the_model():
 
 
 def test_grad_accumulation_step_equals_one_big_batch():
-    # loss / grad_accum: two micro-steps of 2 sequences update the weights like one step of 4
+    # loss / grad_accum: two micro-steps of 2 rows update the weights like one step of 4 rows
     args = tiny_args()
-    x, y = random_batch(args, batch_size=4)
-    big_step, big_model, _ = bench.make_train_step(tiny_args("--batch-size", "4"), batches=FixedBatches((x, y)))
+    rows = random_rows(args, batch_size=4)
+    big_step, big_model, _ = bench.make_train_step(tiny_args("--batch-size", "4"), batches=FixedBatches(rows))
     accum_step, accum_model, _ = bench.make_train_step(tiny_args("--grad-accum", "2"),
-                                                       batches=FixedBatches((x[:2], y[:2]), (x[2:], y[2:])))
+                                                       batches=FixedBatches(rows[:2], rows[2:]))
     assert accum_step() == pytest.approx(big_step(), abs=1e-5)
     for p, q in zip(big_model.parameters(), accum_model.parameters()):
         torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5)
 
 
-def test_random_batches_are_shifted_targets_on_the_device():
-    args = tiny_args()
-    batches = bench.RandomBatches(2, 16, 128, "cpu", torch.Generator().manual_seed(0), pool_size=2)
-    x, y = batches.next_batch()
-    assert x.shape == y.shape == (2, 16) and x.dtype == torch.long
-    assert torch.equal(x.flatten()[1:], y.flatten()[:-1])  # y is x shifted by one token
-    assert 0 <= int(x.min()) and int(x.max()) < 128
-    x2, _ = batches.next_batch()
-    assert not torch.equal(x, x2)  # a new batch each step, not one cached tensor
-    assert args.config.vocab_size == 128
+def test_random_batches_look_like_the_shard_loaders():
+    batches = bench.RandomBatches(2, 16, 128, seed=0, pool_size=2)
+    rows = batches.next_batch()
+    assert rows.shape == (2, 17) and rows.dtype == torch.long  # (B, T+1) int64 host rows, as ShardLoader's
+    assert 0 <= int(rows.min()) and int(rows.max()) < 128
+    assert not torch.equal(rows, batches.next_batch())  # a new batch each micro-step, not one cached tensor
+    x, y = bench.to_device(rows, "cpu")
+    assert x.shape == y.shape == (2, 16) and torch.equal(x[:, 1:], y[:, :-1])  # targets are inputs shifted by one
+
+
+def test_a_variant_that_cannot_run_is_a_row_not_a_crash(monkeypatch, capsys):
+    def broken(model):
+        raise RuntimeError("no kernel for this\nsecond line")
+    monkeypatch.setattr(bench, "use_manual_attention", broken)
+    args = tiny_args("--compare", "--steps", "2", "--rounds", "2", "--warmup", "1", "--compile-backend", "eager")
+    bench.run_compare(args)
+    out = capsys.readouterr().out
+    assert re.search(r"^eager, AdamW foreach, manual attention +unavailable: RuntimeError: no kernel for this$", out,
+                     re.M)
+    assert re.search(r"^compiled \(eager\), AdamW foreach, flash attention +[\d,]+ ", out, re.M)
