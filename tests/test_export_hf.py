@@ -1,0 +1,160 @@
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from export_hf import export, to_hf_state_dict
+from fineweb import get_tokenizer
+from model import GPT, GPTConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)  # padded vocab, like training
+SENTENCE = "Hello, I'm a language model! Naïve café, 🤖 世界,  two  spaces\n\nand <|endoftext|> as text."
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_script(script, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def save_tiny_checkpoint(path, seed=0):
+    torch.manual_seed(seed)
+    config = GPTConfig(**TINY)
+    model = GPT(config)
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(config), "step": 123}, path)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny checkpoint, exported the way a user does it: python export_hf.py CKPT OUT_DIR."""
+    root = tmp_path_factory.mktemp("export")
+    checkpoint, out_dir = str(root / "model_00123.pt"), str(root / "hf")
+    model = save_tiny_checkpoint(checkpoint)
+    result = run_script("export_hf.py", checkpoint, out_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote {out_dir} from {checkpoint} (step 123)\n"
+    return model, checkpoint, out_dir
+
+
+def test_directory_has_the_hf_files_and_no_leftovers(exported):
+    _, _, out_dir = exported
+    assert sorted(os.listdir(out_dir)) == ["config.json", "generation_config.json", "merges.txt", "model.safetensors",
+                                           "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
+    assert [name for name in os.listdir(os.path.dirname(out_dir)) if name.startswith(".")] == []  # no temp dirs
+    config = json.load(open(os.path.join(out_dir, "config.json")))
+    assert config["architectures"] == ["GPT2LMHeadModel"] and config["model_type"] == "gpt2"
+    assert (config["vocab_size"], config["n_positions"], config["n_ctx"]) == (50257, 64, 64)
+    assert (config["n_layer"], config["n_head"], config["n_embd"]) == (2, 2, 64)
+    assert config["activation_function"] == "gelu_new" and config["layer_norm_epsilon"] == 1e-5
+    assert config["bos_token_id"] == config["eos_token_id"] == 50256 and config["tie_word_embeddings"] is True
+
+
+def test_weights_are_cropped_transposed_and_untied(exported):
+    model, _, out_dir = exported
+    weights = load_file(os.path.join(out_dir, "model.safetensors"))
+    assert "lm_head.weight" not in weights and not any(key.endswith(".attn.bias") for key in weights)
+    ours = model.state_dict()
+    assert weights["transformer.wte.weight"].shape == (50257, 64)  # rows 50257..50303 dropped
+    assert torch.equal(weights["transformer.wte.weight"], ours["transformer.wte.weight"][:50257])
+    assert torch.equal(weights["transformer.h.1.attn.c_attn.weight"], ours["transformer.h.1.attn.c_attn.weight"].t())
+    assert torch.equal(weights["transformer.h.0.ln_1.weight"], ours["transformer.h.0.ln_1.weight"])
+    assert set(weights) == {key for key in ours if key != "lm_head.weight"}
+
+
+def test_transformers_loads_it_cleanly_and_the_logits_match(exported):
+    from transformers import GPT2LMHeadModel
+    model, _, out_dir = exported
+    hf_model, info = GPT2LMHeadModel.from_pretrained(out_dir, output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched keys
+    hf_model.eval()
+    assert hf_model.lm_head.weight.data_ptr() == hf_model.transformer.wte.weight.data_ptr()  # re-tied on load
+    idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hf_logits = hf_model(idx).logits
+        our_logits, _ = model(idx)
+    assert hf_logits.shape == (2, 64, 50257)
+    torch.testing.assert_close(hf_logits, our_logits[..., :50257], atol=1e-5, rtol=1e-5)
+
+
+def test_round_trip_through_our_from_pretrained(exported):
+    model, _, out_dir = exported
+    reloaded = GPT.from_pretrained(out_dir).eval()
+    assert reloaded.config.vocab_size == 50257 and reloaded.config.block_size == 64
+    idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(idx)[0], model(idx)[0][..., :50257], atol=1e-5, rtol=1e-5)
+
+
+def test_tokenizer_is_gpt2s_and_encodes_like_ours_offline(exported):
+    from transformers import AutoTokenizer
+    _, _, out_dir = exported
+    sha256 = {name: hashlib.sha256(open(os.path.join(out_dir, name), "rb").read()).hexdigest()
+              for name in ("merges.txt", "vocab.json")}
+    assert sha256 == {"merges.txt": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+                      "vocab.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"}
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    enc = get_tokenizer()
+    expected = enc.encode(SENTENCE, allowed_special="all")
+    assert tokenizer(SENTENCE)["input_ids"] == expected
+    assert tokenizer.decode(expected) == SENTENCE
+    assert tokenizer.eos_token_id == tokenizer.bos_token_id == 50256 and tokenizer.model_max_length == 64
+
+
+def test_sample_py_reads_the_export(exported):
+    model, _, out_dir = exported
+    result = run_script("sample.py", "-m", out_dir, "--prompt", "Once upon a time", "--num-samples", "1",
+                        "--max-new-tokens", "20", "--temperature", "0", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    enc = get_tokenizer()
+    prompt = enc.encode("Once upon a time")
+    greedy = model.generate(torch.tensor([prompt]), 20, temperature=0)[0, len(prompt):].tolist()
+    assert result.stdout == "Once upon a time" + enc.decode(greedy) + "\n"
+
+
+def test_refuses_a_non_empty_directory_unless_forced(tmp_path):
+    checkpoint = str(tmp_path / "model.pt")
+    save_tiny_checkpoint(checkpoint, seed=1)
+    out_dir = tmp_path / "hf"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("mine")
+    result = run_script("export_hf.py", checkpoint, str(out_dir))
+    assert result.returncode == 2
+    assert result.stderr == f"error: {out_dir} exists and is not empty; pass --force to replace it\n"
+    assert os.listdir(out_dir) == ["notes.txt"]
+
+    export(checkpoint, str(out_dir), dtype="bfloat16", force=True)
+    assert "notes.txt" not in os.listdir(out_dir) and "model.safetensors" in os.listdir(out_dir)
+    assert load_file(str(out_dir / "model.safetensors"))["transformer.wte.weight"].dtype == torch.bfloat16
+    assert json.load(open(out_dir / "config.json"))["torch_dtype"] == "bfloat16"
+    assert sorted(os.listdir(tmp_path)) == ["hf", "model.pt"]  # the replaced directory and temp dirs are gone
+
+
+def test_state_dict_conversion_checks():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY))
+    compiled_keys = {"_orig_mod." + key: value for key, value in model.state_dict().items()}
+    assert "transformer.wte.weight" in to_hf_state_dict(compiled_keys)  # torch.compile'd checkpoints work too
+    untied = dict(model.state_dict())
+    untied["lm_head.weight"] = untied["lm_head.weight"] + 1
+    with pytest.raises(ValueError, match="tied"):
+        to_hf_state_dict(untied)
+    small = GPT(GPTConfig(**{**TINY, "vocab_size": 101})).state_dict()
+    with pytest.raises(ValueError, match="smaller than GPT-2's 50257"):
+        to_hf_state_dict(small)
