@@ -144,7 +144,10 @@ def build_config(args):
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
     if sizes["n_embd"] % sizes["n_head"]:
         raise ValueError(f"n_embd {sizes['n_embd']} is not divisible by n_head {sizes['n_head']}")
-    return GPTConfig(block_size=args.seq_len, **sizes)
+    config = GPTConfig(**sizes)  # block_size 1024 as in train_gpt2.py, so a seed gives the same weights
+    if args.seq_len > config.block_size:
+        raise ValueError(f"--seq-len {args.seq_len} is longer than the model's block_size {config.block_size}")
+    return config
 
 
 # -----------------------------------------------------------------------------
@@ -213,7 +216,7 @@ def use_manual_attention(model):
 
 def make_train_step(args, compile=None, fused=None, attention="flash", batches=None, lr=LEARNING_RATE):
     """Build a model and optimizer; return (step, raw_model, optimizer). step() runs one optimizer step as
-    train_gpt2.py's loop does and returns the step's loss. compile=None means args.compile; fused=None is
+    train_gpt2.py's loop does and returns its loss and gradient norm (before clipping). compile=None means args.compile; fused=None is
     configure_optimizers' default (fused on CUDA); batches defaults to random tokens."""
     compile = args.compile if compile is None else compile
     device, device_type = args.device, args.device_type
@@ -258,7 +261,7 @@ def make_train_step(args, compile=None, fused=None, attention="flash", batches=N
         optimizer.zero_grad(set_to_none=True)
         if device_type == "cuda":
             torch.cuda.synchronize()
-        return train_loss
+        return train_loss, norm
 
     return step, raw_model, optimizer
 
