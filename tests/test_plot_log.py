@@ -68,6 +68,18 @@ def test_restart_from_an_earlier_checkpoint_supersedes_the_dead_runs_tail():
     assert list(streams["train"]) == sorted(streams["train"])
 
 
+def test_resume_keeps_the_evals_logged_before_the_checkpoint():
+    # train_gpt2.py: evals at step 4, checkpoint 4, train 4..6, crash; the resumed run starts with train 4
+    # and does not evaluate step 4 again, so the dead run's evals at 4 stand while its train 4..6 do not
+    lines = ["4 val 4.6", "4 hella 0.26", "4 train 4.5", "5 train 4.4", "6 val 4.3", "6 train 4.2",
+             "4 train 4.51", "5 skip nan", "6 train 4.31"]
+    streams, malformed, _ = parse_log(lines)
+    assert malformed == 0
+    assert streams["train"] == {4: 4.51, 6: 4.31}
+    assert streams["val"] == {4: 4.6} and streams["hella"] == {4: 0.26}
+    assert list(streams["skip"]) == [5] and math.isnan(streams["skip"][5])
+
+
 def test_malformed_lines_are_counted_and_unknown_streams_are_not():
     lines = ["0 train 5.0", "garbage", "1 train", "x train 4.0", "2 train abc", "3 train 4.0 extra",
              "4 lr 6e-4", "5 train 3.0", "-1 train 2.0"]
@@ -126,10 +138,16 @@ def test_make_figure_puts_every_series_on_its_panel(tmp_path):
     assert tokens_axis.get_xlabel() == "tokens (1K per step)"
 
 
-def test_make_figure_draws_the_124m_val_loss_baseline(tmp_path):
-    fig = make_figure([("run", read_log(write_run_log(tmp_path / "log.txt")))], sz="124M")
-    baseline = lines_by_label(fig.axes[0])["OpenAI GPT-2 (124M) checkpoint val loss"]
-    assert baseline.get_ydata()[0] == 3.2924
+def test_make_figure_draws_the_124m_val_loss_baseline_and_skipped_steps(tmp_path):
+    log = write_run_log(tmp_path / "log.txt")
+    with open(log, "a") as f:
+        f.write("200 skip nan\n201 skip 9.5\n")
+    streams = read_log(log)
+    fig = make_figure([("run", streams)], sz="124M")
+    loss_lines = lines_by_label(fig.axes[0])
+    assert loss_lines["OpenAI GPT-2 (124M) checkpoint val loss"].get_ydata()[0] == 3.2924
+    assert list(loss_lines["run skipped steps (2)"].get_xdata()) == [200, 201]
+    assert plot_log.summary("run", streams).endswith("| 2 skipped steps")
 
 
 # -----------------------------------------------------------------------------
