@@ -126,11 +126,14 @@ def json_records(path):
                 except ValueError as e:
                     raise ValueError(f"{path}:{number} is not a line of JSON ({e})") from None
 
+def read_text(path):
+    with open(path, encoding="utf-8", errors="replace") as f:  # a stray bad byte is not worth stopping for
+        return f.read()
+
 def file_documents(path, text_field):
     """A .txt file is one document; a .jsonl/.json/.parquet file holds one document per record."""
     if path.endswith(".txt"):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            yield f.read()
+        yield read_text(path)
     elif path.endswith(".parquet"):
         import pyarrow.parquet as pq  # comes with datasets
         parquet = pq.ParquetFile(path)
@@ -144,10 +147,6 @@ def file_documents(path, text_field):
                 raise ValueError(f"{path}: record {number} has no field {text_field!r}; pass --text-field")
             yield record[text_field]
 
-def local_documents(paths, text_field):
-    for path in paths:
-        yield from file_documents(path, text_field)
-
 def demo_files():
     """The standard library's own .py files, sorted: a few million tokens of real text that every Python has.
     site-packages is not the stdlib, and the test suites hold deliberately odd files, so both are left out."""
@@ -160,9 +159,7 @@ def demo_files():
     return sorted(paths)
 
 def demo_documents():
-    for path in demo_files():
-        with open(path, encoding="utf-8", errors="replace") as f:
-            yield f.read()
+    return (read_text(path) for path in demo_files())
 
 # -----------------------------------------------------------------------------
 # shards, progress and resume
@@ -194,14 +191,16 @@ def check_writable(out_dir):
 def load_progress(out_dir, config):
     """What is already done in out_dir. progress["starts"][i] is the (document, token offset) where shard i
     starts, for every written shard and the one after it; a shard whose file is missing is redone."""
-    path = os.path.join(out_dir, PROGRESS_FILE)
+    path, fresh = os.path.join(out_dir, PROGRESS_FILE), {"config": config, "starts": [[0, 0]], "finished": False, "tokens": 0}
     if not os.path.exists(path):
         if glob.glob(os.path.join(out_dir, f"{config['prefix']}_*.npy")):
             raise ValueError(f"{out_dir} already holds shards that fineweb.py did not record; "
                              f"move them away or choose another --out-dir")
-        return {"config": config, "starts": [[0, 0]], "finished": False, "tokens": 0}
+        return fresh
     with open(path) as f:
         progress = json.load(f)
+    if len(progress["starts"]) == 1:  # no shard written yet, so nothing to protect
+        return fresh
     if progress["config"] != config:
         raise ValueError(f"{out_dir} holds shards of a different run ({PROGRESS_FILE} has {progress['config']}); "
                          f"choose another --out-dir, or delete it to start over")
@@ -318,7 +317,7 @@ def write_shards(docs, out_dir, shard_size=10**8, max_tokens=None, num_proc=None
     interrupted run with the same arguments and source (any JSON value that names the corpus), it skips the
     documents of the completed shards and continues. verbose: a progress bar and a summary line.
     Returns the paths of all the shards."""
-    config = {"source": source, "shard_size": shard_size, "max_tokens": max_tokens, "prefix": prefix}
+    config = json.loads(json.dumps({"source": source, "shard_size": shard_size, "max_tokens": max_tokens, "prefix": prefix}))
     check_writable(out_dir)
     progress = load_progress(out_dir, config)
     if not progress["finished"]:
@@ -341,16 +340,17 @@ def count(text):
     return int(value)
 
 def main(args):
+    out_dir = args.out_dir or ("demo_shards" if args.demo else "edu_fineweb10B")
+    check_writable(out_dir)  # now, not after an hour of download
     if args.demo:
         docs, source = demo_documents(), ["demo", sys.version]
     elif args.local_files:
         paths = expand_local_files(args.local_files)
-        docs = local_documents(paths, args.text_field)
+        docs = (doc for path in paths for doc in file_documents(path, args.text_field))
         source = [[path, os.path.getsize(path), os.stat(path).st_mtime_ns] for path in paths]  # edited files: no resume
     else:
         docs = hf_documents(args.dataset, args.name, args.text_field, args.streaming, args.num_proc)
         source = ["hf", args.dataset, args.name, args.text_field, args.streaming]
-    out_dir = args.out_dir or ("demo_shards" if args.demo else "edu_fineweb10B")
     shard_size = args.shard_size or (500_000 if args.demo else 10**8)
     write_shards(docs, out_dir, shard_size, args.max_tokens, args.num_proc, source=source)
 

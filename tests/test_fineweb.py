@@ -35,9 +35,12 @@ TRICKY = [
     "a\u0301e\u0301 combining marks, 🏳️‍🌈 👨‍👩‍👧‍👦",
 ]
 
-def run_fineweb(*args, cwd=None):
+def run_fineweb(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, os.path.join(REPO, "fineweb.py"), *map(str, args)],
-                          cwd=cwd, capture_output=True, text=True, timeout=120)
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+def offline_hf_env(tmp_path):
+    return dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
 
 def shard_files(out_dir):
     return sorted(f for f in os.listdir(out_dir) if f.endswith(".npy"))
@@ -58,10 +61,10 @@ def split_documents(stream):
     starts = np.flatnonzero(stream == EOT)
     return [enc.decode(stream[s + 1:e].tolist()) for s, e in zip(starts, list(starts[1:]) + [len(stream)])]
 
-def same_files(dir_a, dir_b):
+def same_files(dir_a, dir_b, progress=True):
     names = shard_files(dir_a)
     assert names == shard_files(dir_b)
-    for name in names + [fineweb.PROGRESS_FILE]:
+    for name in names + ([fineweb.PROGRESS_FILE] if progress else []):
         with open(os.path.join(dir_a, name), "rb") as a, open(os.path.join(dir_b, name), "rb") as b:
             assert a.read() == b.read(), name
 
@@ -158,6 +161,26 @@ def test_shard_contract_on_local_files(tmp_path):
     assert stream[0] == EOT and (stream == EOT).sum() == len(docs)  # one <|endoftext|> before each document
     assert split_documents(stream) == docs  # decoding the shards gives back the documents
 
+@pytest.mark.slow
+@pytest.mark.parametrize("streaming", [False, True])
+def test_datasets_path_matches_local_files(tmp_path, streaming):
+    """--dataset goes through datasets.load_dataset; a local directory of parquet files takes that path offline."""
+    (tmp_path / "ds").mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"text": [f"file {i} doc {j} " * j for j in range(40)]}), tmp_path / "ds" / f"train-{i}.parquet",
+                       row_group_size=7)
+    common = ["--shard-size", 300, "--num-proc", 2]
+    result = run_fineweb("--dataset", tmp_path / "ds", "--name", "", "--out-dir", tmp_path / "hf", *common,
+                         *(["--streaming"] if streaming else []), env=offline_hf_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert run_fineweb("--local-files", tmp_path / "ds" / "*.parquet", "--out-dir", tmp_path / "local", *common).returncode == 0
+    assert len(shard_files(tmp_path / "hf")) >= 5
+    assert np.array_equal(read_stream(tmp_path / "hf"), read_stream(tmp_path / "local"))
+
+def test_help():
+    result = run_fineweb("--help")
+    assert result.returncode == 0 and "--local-files" in result.stdout
+
 def test_text_field_option(tmp_path):
     (tmp_path / "corpus.jsonl").write_text('{"content": "one"}\n{"content": "two two"}\n')
     result = run_fineweb("--local-files", tmp_path / "corpus.jsonl", "--text-field", "content", "--out-dir", tmp_path / "out")
@@ -188,11 +211,17 @@ def test_demo_corpus(tmp_path):
     print(f"demo: {tokens:,} tokens in {len(names)} shards, {time.time() - start:.1f} s")
 
 def test_small_demo_stops_reading_early(tmp_path):
-    result = run_fineweb("--demo", "--out-dir", tmp_path, "--shard-size", 5_000, "--max-tokens", 20_000)
+    result = run_fineweb("--demo", "--out-dir", tmp_path / "cli", "--shard-size", 5_000, "--max-tokens", 20_000)
     assert result.returncode == 0, result.stderr
-    assert [len(np.load(tmp_path / name)) for name in shard_files(tmp_path)] == [5_000] * 4
-    with open(tmp_path / fineweb.PROGRESS_FILE) as f:
-        assert json.load(f)["starts"][-1][0] < 10  # it read only the first few files
+    assert [len(np.load(tmp_path / "cli" / name)) for name in shard_files(tmp_path / "cli")] == [5_000] * 4
+    read = []
+    def counted_demo_documents():
+        for doc in fineweb.demo_documents():
+            read.append(doc)
+            yield doc
+    fineweb.write_shards(counted_demo_documents(), tmp_path / "api", 5_000, max_tokens=20_000, num_proc=2, verbose=False)
+    same_files(tmp_path / "cli", tmp_path / "api", progress=False)
+    assert len(read) < 40  # of the 700-odd files
 
 # -----------------------------------------------------------------------------
 # resume
@@ -258,10 +287,11 @@ def test_refuses_to_mix_runs(tmp_path, demo_docs):
 # -----------------------------------------------------------------------------
 # errors: one line on stderr, exit code 2, no traceback, no shard
 
-def assert_clean_error(result, out_dir, message):
+def assert_clean_error(result, out_dir, message, only_line=True):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert lines[-1].startswith("error: ") and message in lines[-1] and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 or not only_line, result.stderr
     assert not os.path.exists(out_dir) or not shard_files(out_dir)
 
 def test_error_no_files_match(tmp_path):
@@ -277,6 +307,12 @@ def test_error_missing_text_field(tmp_path, fmt):
         pq.write_table(pa.table({"content": ["hello"]}), path)
     result = run_fineweb("--local-files", path, "--out-dir", tmp_path / "out")
     assert_clean_error(result, tmp_path / "out", "no field 'text'")
+
+def test_error_missing_text_field_in_dataset(tmp_path):
+    (tmp_path / "ds").mkdir()
+    pq.write_table(pa.table({"content": ["hello"]}), tmp_path / "ds" / "train.parquet")
+    result = run_fineweb("--dataset", tmp_path / "ds", "--name", "", "--out-dir", tmp_path / "out", env=offline_hf_env(tmp_path))
+    assert_clean_error(result, tmp_path / "out", "no field 'text'", only_line=False)  # after datasets' own messages
 
 def test_error_empty_corpus(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
