@@ -210,6 +210,9 @@ def save_png(fig, path):
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=100)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes the file private; a plot is an ordinary file
         os.replace(tmp_path, path)
     except BaseException:
         os.unlink(tmp_path)

@@ -58,6 +58,10 @@ def test_directory_has_the_hf_files_and_no_leftovers(exported):
     assert sorted(os.listdir(out_dir)) == ["config.json", "generation_config.json", "merges.txt", "model.safetensors",
                                            "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
     assert [name for name in os.listdir(os.path.dirname(out_dir)) if name.startswith(".")] == []  # no temp dirs
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out_dir).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
+    assert os.stat(os.path.join(out_dir, "model.safetensors")).st_mode & 0o777 == 0o666 & ~umask
     config = json.load(open(os.path.join(out_dir, "config.json")))
     assert config["architectures"] == ["GPT2LMHeadModel"] and config["model_type"] == "gpt2"
     assert (config["vocab_size"], config["n_positions"], config["n_ctx"]) == (50257, 64, 64)

@@ -175,6 +175,9 @@ def test_cli_plots_a_log_with_restarts_and_garbage(tmp_path):
     image = imread(png)[:, :, :3]
     assert image.shape[:2] == (600, 1600)
     assert [p.name for p in log_dir.iterdir() if p.name.endswith(".tmp")] == []  # atomic write left no temp file
+    umask = os.umask(0)
+    os.umask(umask)
+    assert png.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private 0600
     # both panels carry the run's data: each half has many pixels of the run's color (C0, matplotlib's blue),
     # which neither axes, text nor the red/green baselines use
     run_color = np.array([0x1F, 0x77, 0xB4]) / 255
