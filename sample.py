@@ -32,15 +32,11 @@ def pick_device(name):
     """'auto' means the fastest device here: cuda, then mps (Apple), then cpu."""
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name}, but torch sees no CUDA GPU here; use --device auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if name == "mps" and not torch.backends.mps.is_available():
         raise ValueError("--device mps, but MPS is not available here; use --device auto or cpu")
     if name != "auto":
         return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 
 
 def autocast_context(device):
