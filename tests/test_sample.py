@@ -103,11 +103,10 @@ def test_same_seed_same_text_streamed_or_not(checkpoint):
     flags = ["-c", checkpoint, "--prompt", "The meaning of life is", "--num-samples", "1", "--max-new-tokens", "60",
              "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95", "--seed", "42", "--device", "cpu"]
     streamed = run_sample(*flags)
-    again = run_sample(*flags)
-    whole = run_sample(*flags, "--no-stream")
+    whole = run_sample(*flags, "--no-stream")  # a second process, the other code path: the same text
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout.startswith("The meaning of life is") and len(streamed.stdout) > 60
-    assert streamed.stdout == again.stdout == whole.stdout
+    assert streamed.stdout == whole.stdout
     assert "seed 42" in streamed.stderr
 
 
