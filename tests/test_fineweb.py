@@ -246,19 +246,22 @@ def test_resume_after_interrupt_is_byte_identical(tmp_path, demo_docs):
     fineweb.write_shards(docs, tmp_path / "resumed", 200_000, num_proc=1, verbose=False)
     same_files(tmp_path / "full", tmp_path / "resumed")
 
-def test_killed_run_resumes_byte_identical(tmp_path):
-    args = ["--demo", "--shard-size", 10_000, "--max-tokens", 1_000_000, "--num-proc", 2]
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_killed_run_resumes_byte_identical(tmp_path, sig):
+    args = ["--demo", "--shard-size", 10_000, "--max-tokens", 600_000, "--num-proc", 2]
     assert run_fineweb(*args, "--out-dir", tmp_path / "full").returncode == 0
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, os.path.join(REPO, "fineweb.py"), *map(str, args), "--out-dir", killed],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 60
     while not os.path.exists(fineweb.shard_path(killed, "edufineweb", 1)):
         assert process.poll() is None and time.time() < deadline
         time.sleep(0.002)
-    os.killpg(process.pid, signal.SIGKILL)  # the script and its workers, mid-run
-    process.wait()
-    assert not os.path.exists(fineweb.shard_path(killed, "edufineweb", 99))  # it really was interrupted
+    os.killpg(process.pid, sig)  # the script and its workers, mid-run, as `kill -9` or Ctrl-C would
+    stderr = process.communicate(timeout=60)[1]
+    if sig == signal.SIGINT:
+        assert process.returncode == 130 and "interrupted: run the same command again" in stderr
+    assert not os.path.exists(fineweb.shard_path(killed, "edufineweb", 59))  # it really was interrupted
     for name in shard_files(killed):  # a final name always holds a whole shard
         assert len(np.load(killed / name)) == 10_000
     result = run_fineweb(*args, "--out-dir", killed)
