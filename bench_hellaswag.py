@@ -54,7 +54,7 @@ def predictions(model, examples, device, batch_size, autocast_dtype):
     return [(r["pred"], r["pred_norm"], r["harness_pred"], r["harness_pred_norm"]) for r in results]
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-file", default=None, help="a HellaSwag jsonl; default: synthetic examples")
@@ -67,7 +67,7 @@ def main():
     parser.add_argument("--block-size", type=int, default=1024)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=list(hellaswag.DTYPES))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for name in ("n_examples", "batch_size", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")

@@ -180,8 +180,10 @@ def harness_choices(example):
 
 
 def render_harness_example(example, enc):
-    """Harness style: the query, then " " + each cleaned ending, encoded separately and concatenated. As in the
-    harness (_encode_pair), whitespace at the end of the query moves to the front of the continuation."""
+    """Harness style: the query, then " " + each cleaned ending. As in the harness (_encode_pair), whitespace at
+    the end of the query moves to the front of the continuation. The harness encodes query + continuation whole
+    and splits it after the query's tokens; with GPT-2's BPE, where a space always starts a new pre-token, that
+    equals encoding the two separately, which is what we do."""
     query = harness_query(example)
     moved = query[len(query.rstrip()):]
     context = enc.encode(query.rstrip())
@@ -257,7 +259,8 @@ def score_examples(model, examples, device, batch_size=16, autocast_dtype=None, 
         harness = [fit_row(c, e, block_size) for c, e in render_harness_example(example, enc)]
         rendered.append((completion, harness))
     # longest first: similar lengths share a batch, and running out of memory happens on the first batch
-    order = sorted(range(len(examples)), key=lambda i: -max(len(row[0]) for row in rendered[i][0] + rendered[i][1]))
+    longest_row = [max(len(inputs) for inputs, _, _ in completion + harness) for completion, harness in rendered]
+    order = sorted(range(len(examples)), key=lambda i: -longest_row[i])
     results = [None] * len(examples)
     with tqdm(total=len(examples), desc="hellaswag", unit="ex", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):

@@ -17,7 +17,8 @@ import hellaswag
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(block_size=64, n_layer=2, n_head=2, n_embd=64)
+# n_embd 32: with the real 50257-token vocabulary the lm_head is most of the cost, and it scales with n_embd
+TINY = dict(block_size=64, n_layer=2, n_head=2, n_embd=32)
 
 
 def example(ind, activity_label, ctx_a, ctx_b, endings, label, source="activitynet"):
@@ -164,6 +165,21 @@ def test_render_example_is_context_then_each_ending_with_a_leading_space(enc):
         assert enc.decode(context + ending_tokens) == ex["ctx"] + " " + ending
 
 
+def test_harness_rendering_equals_the_harness_encode_pair(enc):
+    """lm-eval-harness encodes context + continuation whole and splits after the context's tokens, moving the
+    context's trailing whitespace into the continuation; ours encodes separately, which must agree."""
+    trailing = example(9, "Cars", "How to wash a car [title]", "", ["Rinse it.", "[step] Dry it.", "a", "b"], 0)
+    assert hellaswag.harness_query(trailing) == "Cars: How to wash a car. "
+    for ex in FIXTURE + [trailing]:
+        query = hellaswag.harness_query(ex)
+        for (context, continuation), choice in zip(hellaswag.render_harness_example(ex, enc), ex["endings"]):
+            stripped = query.rstrip()
+            whole = enc.encode(stripped + query[len(stripped):] + " " + clean(choice))
+            assert context == enc.encode(stripped) and continuation == whole[len(context):]
+    first_continuation = hellaswag.render_harness_example(trailing, enc)[0][1]
+    assert enc.decode(first_continuation) == "  Rinse it."
+
+
 def test_fit_row_truncates_on_the_left_and_scores_the_continuation():
     inputs, targets, n = hellaswag.fit_row([1, 2, 3], [4, 5], block_size=64)
     assert (inputs, targets, n) == ([1, 2, 3, 4], [2, 3, 4, 5], 2)
@@ -245,11 +261,13 @@ def test_unlabeled_examples_are_refused():
 
 def test_malformed_lines_name_the_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    good = json.dumps(FIXTURE[0])
-    for bad_line, reason in [("{not json", "Expecting property name"), (json.dumps({**FIXTURE[1], "endings": "abc"}), "endings"),
-                             (json.dumps({**FIXTURE[1], "label": 7}), "label"),
-                             (json.dumps({"ctx": "only a ctx"}), "ctx_a")]:
-        path.write_text(good + "\n" + good + "\n" + bad_line + "\n")
+    good = json.dumps(FIXTURE[0]).encode()
+    for bad_line, reason in [(b"{not json", "Expecting property name"),
+                             (json.dumps({**FIXTURE[1], "endings": "abc"}).encode(), "endings"),
+                             (json.dumps({**FIXTURE[1], "label": 7}).encode(), "label"),
+                             (json.dumps({"ctx": "only a ctx"}).encode(), "ctx_a"),
+                             (b'{"ctx": "\xff"}', "utf-8")]:
+        path.write_bytes(good + b"\n" + good + b"\n" + bad_line + b"\n")
         with pytest.raises(ValueError, match=f"bad.jsonl line 3 .*{reason}"):
             hellaswag.load_examples(data_file=str(path))
 
@@ -260,6 +278,9 @@ def test_data_file_and_limit(tmp_path):
     assert [ex["ind"] for ex in hellaswag.load_examples(data_file=path, limit=3)] == [0, 1, 2]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         hellaswag.load_examples(data_file=str(tmp_path / "missing.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="has no examples"):
+        hellaswag.load_examples(data_file=str(tmp_path / "empty.jsonl"))
 
 
 @pytest.fixture
@@ -350,18 +371,18 @@ def test_cli_checkpoint_prints_and_writes_the_results(tmp_path, reference):
     assert saved["model"] == checkpoint and saved["dtype"] == "fp32" and saved["seconds"] >= 0
 
 
-def test_cli_hugging_face_directory_matches_transformers(tmp_path, enc):
+def test_cli_hugging_face_directory_matches_transformers(tmp_path, enc, capsys):
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(0)
-    hf_model = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=64, n_embd=64, n_layer=2, n_head=2))
+    hf_model = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=2))
     torch.nn.init.normal_(hf_model.transformer.wte.weight, std=0.5)
     hf_model.save_pretrained(tmp_path / "hf")
     with torch.no_grad():  # the reference runs transformers' own forward, not ours
         hf_logits = lambda tokens: hf_model.eval()(torch.tensor([tokens])).logits[0]  # noqa: E731
         reference = [brute_force(hf_logits, ex, enc, 64) for ex in FIXTURE[:4]]
     data = write_jsonl(tmp_path / "fixture.jsonl", FIXTURE[:4])
-    result = run("hellaswag.py", "-m", str(tmp_path / "hf"), "--data-file", data, "--out", str(tmp_path / "r.json"))
-    assert result.returncode == 0, result.stderr
+    hellaswag.main(["-m", str(tmp_path / "hf"), "--data-file", data, "--out", str(tmp_path / "r.json")])
+    assert capsys.readouterr().out.splitlines()[-1].startswith("hellaswag n=4 acc=")
     saved = json.loads((tmp_path / "r.json").read_text())
     expected = accuracies(reference, FIXTURE[:4])
     assert {k: saved[k] for k in expected} == expected
@@ -383,19 +404,21 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
 
 def test_cli_errors_are_one_line(tmp_path):
     checkpoint = write_checkpoint(tmp_path / "model.pt", tiny_model())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(FIXTURE[0]) + "\n{oops\n")
+    result = run("hellaswag.py", "-c", checkpoint, "--data-file", str(bad))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and "bad.jsonl line 2 is not a HellaSwag example" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_refuses_the_unlabeled_test_split(tmp_path):
     (tmp_path / "cache").mkdir()
     write_jsonl(tmp_path / "cache" / "hellaswag_test.jsonl",
                 [{k: v for k, v in ex.items() if k != "label"} for ex in FIXTURE])
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(FIXTURE[0]) + "\n{oops\n")
-    for args, message in [
-        (["-c", checkpoint, "--data-file", str(bad)], "bad.jsonl line 2 is not a HellaSwag example"),
-        (["-c", checkpoint, "--split", "test", "--cache-dir", str(tmp_path / "cache")], "test split is unlabeled"),
-    ]:
-        result = run("hellaswag.py", *args)
-        assert result.returncode == 2, result.stderr
-        assert result.stderr.startswith("error: ") and message in result.stderr
-        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")  # refused before the model is even loaded
+    with pytest.raises(ValueError, match="test split is unlabeled"):
+        hellaswag.main(["-c", str(tmp_path / "junk.pt"), "--split", "test", "--cache-dir", str(tmp_path / "cache")])
 
 
 def test_bad_arguments_fail_before_any_work(tmp_path):
@@ -419,9 +442,9 @@ def test_help_shows_the_defaults(capsys):
     assert "--split {train,val,test}" in help_text and "(default: val)" in help_text
 
 
-def test_bench_smoke(tmp_path):
-    result = run("bench_hellaswag.py", "--n-examples", "2", "--repeats", "1", "--batch-size", "2",
-                 "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "64")
-    assert result.returncode == 0, result.stderr
-    assert re.search(r"batched/one-per-forward: [\d.]+x", result.stdout)
-    assert "same predictions: yes" in result.stdout
+def test_bench_smoke(capsys):
+    import bench_hellaswag
+    bench_hellaswag.main(["--n-examples", "3", "--repeats", "1", "--batch-size", "2",
+                          "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "64"])
+    out = capsys.readouterr().out
+    assert re.search(r"batched/one-per-forward: [\d.]+x", out) and "same predictions: yes" in out
