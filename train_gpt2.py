@@ -47,10 +47,9 @@ from model import GPT, PRESETS, GPTConfig, estimate_mfu, flops_per_token, format
 # arguments: every default in one place
 
 # --demo: a small model on the `python fineweb.py --demo` shards (Python's stdlib source); flags still override
-DEMO_PRESET = dict(data_dir="demo_shards", log_dir="log/demo", n_layer=4, n_head=4, n_embd=128,
-                   batch_size=16, seq_len=128, total_batch_size=2048, max_lr=2e-3, min_lr=2e-4, warmup_steps=20,
-                   max_steps=300, eval_every=100, val_tokens=65536, hellaswag_every=0, sample_every=100,
-                   checkpoint_every=300)
+DEMO_PRESET = dict(data_dir="demo_shards", log_dir="log/demo", n_layer=4, n_head=4, n_embd=64, batch_size=8,
+                   seq_len=64, total_batch_size=512, max_lr=3e-3, min_lr=3e-4, warmup_steps=20, max_steps=250,
+                   eval_every=50, val_tokens=8192, hellaswag_every=0, sample_every=125, checkpoint_every=250)
 
 
 def parse_args(argv=None):
@@ -685,7 +684,8 @@ def main(argv=None):
                 print(f"stopping on {signal.Signals(signum).name} after step {step}: resume with the same command",
                       file=sys.stderr)
             return 128 + signum
-        time.sleep(hooks["step_sleep"])
+        if hooks["step_sleep"]:
+            time.sleep(hooks["step_sleep"])
     return 0
 
 

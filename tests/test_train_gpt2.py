@@ -1,0 +1,441 @@
+"""
+train_gpt2.py as a user meets it: the script runs as a subprocess with real flags (and under torchrun with gloo
+for DDP), on a tiny model and shards this file writes. The equivalences are the backbone: DDP = gradient
+accumulation, resume = uninterrupted, killed/preempted/restarted = undisturbed. Runs are shared between tests
+through module-scoped fixtures, because each process start costs seconds.
+"""
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import train_gpt2
+from model import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "train_gpt2.py")
+VOCAB = 512
+TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--vocab-size", str(VOCAB), "--batch-size", "4",
+        "--seq-len", "32", "--total-batch-size", "256", "--max-steps", "12", "--warmup-steps", "2",
+        "--max-lr", "1e-2", "--min-lr", "1e-3", "--eval-every", "4", "--val-tokens", "2048",
+        "--checkpoint-every", "4", "--hellaswag-every", "0", "--sample-every", "0"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def structured_tokens(rng, n, alphabet=64):
+    """Learnable in a few steps: runs of consecutive ids from random starts, within the first `alphabet` ids."""
+    runs, total = [], 0
+    while total < n:
+        run = (rng.integers(0, alphabet) + np.arange(rng.integers(4, 40))) % alphabet
+        runs.append(run)
+        total += len(run)
+    return np.concatenate(runs)[:n].astype(np.uint16)
+
+
+def write_shards(directory, seed=0, train_sizes=(6500, 7000, 7500), val_size=8000):
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    np.save(os.path.join(directory, "edufineweb_val_000000.npy"), structured_tokens(rng, val_size))
+    for i, size in enumerate(train_sizes, start=1):
+        np.save(os.path.join(directory, f"edufineweb_train_{i:06d}.npy"), structured_tokens(rng, size))
+    return str(directory)
+
+
+def environment(extra=None):
+    # one thread per process: the cores are shared, and the runs being compared must compute identically
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
+def run(args, env=None, torchrun=None, expect_rc=0, timeout=240):
+    cmd = (torchrun or [sys.executable]) + [SCRIPT] + args
+    result = subprocess.run(cmd, cwd=ROOT, env=environment(env), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == expect_rc, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def start(args, env=None):
+    return subprocess.Popen([sys.executable, SCRIPT] + args, cwd=ROOT, env=environment(env), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_line(proc, pattern):
+    """Read the running process's stdout until a line matches."""
+    for line in proc.stdout:
+        if re.search(pattern, line):
+            return line
+    raise AssertionError(f"the run ended before printing /{pattern}/: {proc.stderr.read()[-2000:]}")
+
+
+def read_log(log_dir):
+    """{stream: {step: value}} from log.txt, keeping the last value per step (as plot_log.py does)."""
+    streams = {}
+    with open(os.path.join(log_dir, "log.txt")) as f:
+        for line in f:
+            assert re.fullmatch(r"\d+ (train|val|skip) \S+\n", line), f"malformed log line {line!r}"
+            step, stream, value = line.split()
+            streams.setdefault(stream, {})[int(step)] = float(value)
+    return streams
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def same_weights(path_a, path_b):
+    a, b = weights(path_a), weights(path_b)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    """One undisturbed single-process run: 12 steps of 2 micro-batches each, checkpoints at 4, 8, 12."""
+    log_dir = str(tmp_path_factory.mktemp("reference"))
+    result = run(["--data-dir", data_dir, "--log-dir", log_dir] + TINY)
+    return dict(log_dir=log_dir, stdout=result.stdout, log=read_log(log_dir))
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory, data_dir):
+    """The same run on 2 processes (gloo), each with 1 micro-batch per step."""
+    log_dir = str(tmp_path_factory.mktemp("ddp"))
+    run(["--data-dir", data_dir, "--log-dir", log_dir] + TINY, torchrun=TORCHRUN)
+    return dict(log_dir=log_dir, log=read_log(log_dir))
+
+
+# -----------------------------------------------------------------------------
+# training, schedule, DDP and resume
+
+def test_loss_falls_and_log_has_the_reference_format(reference):
+    train, val = reference["log"]["train"], reference["log"]["val"]
+    assert sorted(train) == list(range(12)) and sorted(val) == [0, 4, 8, 12]
+    assert train[0] == pytest.approx(np.log(VOCAB), abs=0.1)  # a fresh model guesses uniformly
+    assert np.mean([train[s] for s in (9, 10, 11)]) < train[0] - 1.5
+    assert val[12] < val[4] < val[0] - 0.5
+    assert re.search(r"step +3 \| loss \d+\.\d{6} \| lr \S+ \| norm \S+ \| dt \S+ms \| tok/s \d+ \| mfu unknown",
+                     reference["stdout"])
+    assert sorted(os.listdir(reference["log_dir"])) == ["log.txt", "model_00004.pt", "model_00008.pt", "model_00012.pt"]
+
+
+def test_checkpoint_contents_load_with_weights_only(reference):
+    path = os.path.join(reference["log_dir"], "model_00008.pt")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    assert checkpoint["step"] == 8 and checkpoint["val_loss"] == pytest.approx(reference["log"]["val"][8], abs=1e-4)
+    assert checkpoint["config"] == dict(block_size=1024, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32)
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in checkpoint["model"])
+    assert checkpoint["loader"]["position"] == 8 * 256 // 32  # 8 steps of 8 windows
+    assert checkpoint["optimizer"]["state"] and checkpoint["args"]["max_steps"] == 12
+    assert len(checkpoint["rng"]) == 1 and checkpoint["grad_scaler"] is None
+
+
+def test_lr_schedule_reference_values():
+    lr = lambda step: train_gpt2.get_lr(step, 6e-4, 6e-5, 715, 19073)
+    assert lr(0) == pytest.approx(6e-4 / 715)
+    assert lr(714) == pytest.approx(6e-4) and lr(715) == pytest.approx(6e-4)  # end of warmup
+    assert lr(715 + (19073 - 715) // 2) == pytest.approx((6e-4 + 6e-5) / 2)  # midpoint of the decay
+    assert lr(19073) == pytest.approx(6e-5) and lr(30000) == pytest.approx(6e-5)
+    assert all(lr(s) >= lr(s + 1) for s in range(715, 19073, 97))
+
+
+def test_lr_printed_by_the_run(reference):
+    printed = dict(re.findall(r"step +(\d+) \| loss \S+ \| lr (\S+)", reference["stdout"]))
+    assert float(printed["0"]) == pytest.approx(1e-2 / 2)
+    assert float(printed["1"]) == pytest.approx(1e-2)
+    assert float(printed["11"]) == pytest.approx(train_gpt2.get_lr(11, 1e-2, 1e-3, 2, 12), rel=1e-4)  # printed to 5 digits
+
+
+def test_ddp_two_processes_match_gradient_accumulation(reference, ddp_reference):
+    train, ddp_train = reference["log"]["train"], ddp_reference["log"]["train"]
+    assert sorted(ddp_train) == sorted(train)
+    for step in train:
+        assert ddp_train[step] == pytest.approx(train[step], abs=1e-5), step
+    assert ddp_reference["log"]["val"] == reference["log"]["val"]  # val is identical for any world size
+
+
+def test_resume_after_k_steps_matches_uninterrupted(tmp_path, data_dir, reference):
+    log_dir = str(tmp_path)
+    shutil.copy(os.path.join(reference["log_dir"], "model_00004.pt"), log_dir)  # a run stopped after 4 steps
+    with open(os.path.join(log_dir, "log.txt"), "w") as f:
+        f.write("0 train 6.0\n")
+    result = run(["--data-dir", data_dir, "--log-dir", log_dir] + TINY)
+    assert "resuming from" in result.stdout
+    log = read_log(log_dir)
+    assert log["train"][0] == 6.0  # appended, not truncated
+    assert {s: v for s, v in log["train"].items() if s >= 4} == {s: v for s, v in reference["log"]["train"].items() if s >= 4}
+    assert same_weights(os.path.join(log_dir, "model_00012.pt"), os.path.join(reference["log_dir"], "model_00012.pt"))
+
+
+# -----------------------------------------------------------------------------
+# interrupted runs: SIGKILL, torchrun restarts, SIGTERM and Ctrl-C
+
+def assert_no_truncated_files(log_dir):
+    for name in os.listdir(log_dir):
+        if re.fullmatch(r"model_\d+\.pt", name):
+            load_checkpoint(os.path.join(log_dir, name))  # raises on a truncated file
+    read_log(log_dir)
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path, data_dir, reference):
+    log_dir = str(tmp_path)
+    args = ["--data-dir", data_dir, "--log-dir", log_dir] + TINY + ["--checkpoint-every", "2"]
+    slow = {"TRAIN_GPT2_TEST_STEP_SLEEP": "0.05"}
+    # killed in the middle of writing its first checkpoint: the temporary file exists, the final name does not
+    proc = start(args, {**slow, "TRAIN_GPT2_TEST_CHECKPOINT_SLEEP": "60"})
+    deadline = time.time() + 120
+    while not any(n.endswith(".tmp") for n in os.listdir(log_dir)) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    proc.communicate()
+    assert any(n.endswith(".tmp") for n in os.listdir(log_dir))
+    assert not any(n.endswith(".pt") for n in os.listdir(log_dir))
+    # killed at random moments after training has started
+    rng = random.Random(0)
+    for attempt in range(2):
+        proc = start(args, slow)
+        wait_for_line(proc, r"\| loss ")
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.kill()
+        proc.communicate()
+        assert_no_truncated_files(log_dir)
+    result = run(args)
+    assert not any(n.endswith(".tmp") for n in os.listdir(log_dir))
+    assert read_log(log_dir)["train"] == reference["log"]["train"]
+    assert same_weights(os.path.join(log_dir, "model_00012.pt"), os.path.join(reference["log_dir"], "model_00012.pt"))
+    assert "resuming from" in result.stdout or "starting from scratch" in result.stdout
+
+
+def test_torchrun_restarts_a_killed_rank_and_finishes_identically(tmp_path, data_dir, ddp_reference):
+    log_dir = str(tmp_path)
+    result = run(["--data-dir", data_dir, "--log-dir", log_dir] + TINY, torchrun=TORCHRUN[:3] + [
+        "--standalone", "--max-restarts=2", "--nproc_per_node=2"], env={"TRAIN_GPT2_TEST_KILL_AT": "1:6"})
+    assert "resuming from" in result.stdout and re.search(r"model_00004\.pt at step 4", result.stdout)
+    assert same_weights(os.path.join(log_dir, "model_00012.pt"), os.path.join(ddp_reference["log_dir"], "model_00012.pt"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_writes_a_checkpoint_of_the_current_step_then_resume_is_exact(tmp_path, data_dir, reference, signum):
+    log_dir = str(tmp_path)
+    args = ["--data-dir", data_dir, "--log-dir", log_dir] + TINY
+    proc = start(args, {"TRAIN_GPT2_TEST_STEP_SLEEP": "0.3"})
+    wait_for_line(proc, r"step +2 \| loss ")
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, stderr
+    assert f"stopping on {signal.Signals(signum).name}" in stderr
+    last_step = max(read_log(log_dir)["train"])
+    assert 2 <= last_step < 11
+    checkpoint = load_checkpoint(os.path.join(log_dir, f"model_{last_step + 1:05d}.pt"))
+    assert checkpoint["step"] == last_step + 1
+    if signum == signal.SIGTERM:  # one resume is enough to prove the checkpoint is a complete state
+        run(args)
+        assert read_log(log_dir)["train"] == reference["log"]["train"]
+        assert same_weights(os.path.join(log_dir, "model_00012.pt"),
+                            os.path.join(reference["log_dir"], "model_00012.pt"))
+
+
+# -----------------------------------------------------------------------------
+# training going wrong: NaN and spiking losses are skipped; too many in a row stop the run
+
+@pytest.fixture(scope="module")
+def bad_steps_run(tmp_path_factory, data_dir):
+    log_dir = str(tmp_path_factory.mktemp("bad"))
+    args = ["--data-dir", data_dir, "--log-dir", log_dir] + TINY + [
+        "--max-steps", "16", "--checkpoint-every", "1", "--skip-spikes", "4", "--max-bad-steps", "3"]
+    result = run(args, env={"TRAIN_GPT2_TEST_LOSS_FACTOR": "3=nan,11=100,13=nan,14=inf,15=nan"}, expect_rc=3)
+    return dict(log_dir=log_dir, result=result, log=read_log(log_dir))
+
+
+def test_nan_and_spike_updates_are_skipped_with_a_warning(bad_steps_run):
+    log_dir, log, stderr = bad_steps_run["log_dir"], bad_steps_run["log"], bad_steps_run["result"].stderr
+    assert sorted(log["skip"]) == [3, 11, 13, 14, 15]
+    assert np.isnan(log["skip"][3]) and log["skip"][11] > 100
+    assert sorted(log["train"]) == [s for s in range(13) if s not in (3, 11)]
+    assert "step 3: loss nan is not finite, update skipped" in stderr and "step 11: loss" in stderr
+    # a skipped step leaves the weights as they were
+    model = lambda step: os.path.join(log_dir, f"model_{step:05d}.pt")
+    assert same_weights(model(3), model(4)) and same_weights(model(11), model(12))
+    assert not same_weights(model(4), model(5))
+
+
+def test_too_many_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(bad_steps_run):
+    log_dir, stderr = bad_steps_run["log_dir"], bad_steps_run["result"].stderr
+    error_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "3 steps in a row, up to step 15" in error_lines[0]
+    assert "model_00015.pt" in error_lines[0] and "Traceback" not in stderr
+    assert find_steps(log_dir) == list(range(1, 16))  # nothing written for the bad step that stopped it
+    assert same_weights(os.path.join(log_dir, "model_00013.pt"), os.path.join(log_dir, "model_00015.pt"))
+
+
+def find_steps(log_dir):
+    return [step for step, _ in train_gpt2.find_checkpoints(log_dir)]
+
+
+# -----------------------------------------------------------------------------
+# bad inputs: one line `error: ...`, exit code 2, and nothing written or destroyed
+
+def corrupt_shards(kind, directory, data_dir):
+    """A copy of the data dir with one problem."""
+    shutil.copytree(data_dir, directory)
+    train = os.path.join(directory, "edufineweb_train_000002.npy")
+    if kind == "truncated":
+        with open(train, "r+b") as f:
+            f.truncate(os.path.getsize(train) - 1000)
+    elif kind == "garbage":
+        with open(train, "wb") as f:
+            f.write(os.urandom(3000))
+    elif kind == "dtype":
+        np.save(train, np.arange(7000, dtype=np.int32))
+    elif kind == "magic":
+        os.remove(train)
+        header = np.zeros(256, dtype=np.int32)
+        header[:3] = (20240521, 1, 7000)
+        with open(train.replace(".npy", ".bin"), "wb") as f:
+            f.write(header.tobytes() + np.arange(7000, dtype=np.uint16).tobytes())
+    elif kind == "short":
+        np.save(os.path.join(directory, "edufineweb_val_000000.npy"), np.arange(100, dtype=np.uint16))
+    elif kind == "empty":
+        for name in os.listdir(directory):
+            os.remove(os.path.join(directory, name))
+    return str(directory)
+
+
+def evil_checkpoint(path, marker):
+    """A checkpoint whose unpickling would create the marker directory."""
+    class Evil:
+        def __reduce__(self):
+            return os.mkdir, (marker,)
+    torch.save({"model": Evil(), "config": {}, "step": 1}, path)
+
+
+BAD_INPUTS = {
+    "missing data dir": (["--data-dir", "{tmp}/nowhere"], r"data dir .*nowhere does not exist.*fineweb\.py"),
+    "empty data dir": ("empty", r"holds no train shards.*fineweb\.py"),
+    "truncated npy": ("truncated", r"train_000002\.npy is not a readable \.npy shard, truncated or corrupt"),
+    "corrupt npy": ("garbage", r"train_000002\.npy is not a readable \.npy shard"),
+    "wrong dtype": ("dtype", r"train_000002\.npy holds a int32 array .* expected 1-D uint16"),
+    "bin wrong magic": ("magic", r"train_000002\.bin is not an llm\.c token shard \(wrong magic number"),
+    "shard too short": ("short", r"val shards .* fewer than one batch of --batch-size 4"),
+    "negative steps": (["--max-steps", "-5"], r"--max-steps must be positive, got -5"),
+    "batch does not divide": (["--total-batch-size", "1000"], r"--total-batch-size 1000 is not a multiple of .* = 128"),
+    "seq-len above block size": (["--seq-len", "2048", "--total-batch-size", "8192"],
+                                 r"--seq-len 2048 is longer than the model's block_size 1024"),
+    "different model size": ("resume-other-size", r"model_00004\.pt holds a different model \(n_embd 32 vs 64\)"),
+    "corrupt checkpoint": ("resume-corrupt", r"cannot load checkpoint .*model_00099\.pt: corrupt, truncated or unsafe"),
+    "pickle that runs code": ("resume-evil", r"cannot load checkpoint .*evil\.pt: corrupt, truncated or unsafe"),
+    "resume none over checkpoints": ("resume-none", r"--resume none, but .* already holds checkpoints"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gives_one_line_error_and_touches_nothing(case, tmp_path, data_dir, reference):
+    setup, pattern = BAD_INPUTS[case]
+    log_dir, data, extra = str(tmp_path / "log"), data_dir, []
+    os.makedirs(log_dir)
+    with open(os.path.join(log_dir, "log.txt"), "w") as f:
+        f.write("0 train 6.000000\n")
+    if isinstance(setup, list):
+        extra = [arg.replace("{tmp}", str(tmp_path)) for arg in setup]
+    elif setup.startswith("resume"):
+        shutil.copy(os.path.join(reference["log_dir"], "model_00004.pt"), log_dir)
+        if setup == "resume-other-size":
+            extra = ["--n-embd", "64"]
+        elif setup == "resume-corrupt":
+            data_ = load_checkpoint(os.path.join(log_dir, "model_00004.pt"))
+            torch.save(data_, os.path.join(log_dir, "model_00099.pt"))
+            with open(os.path.join(log_dir, "model_00099.pt"), "r+b") as f:
+                f.truncate(os.path.getsize(os.path.join(log_dir, "model_00099.pt")) // 2)
+        elif setup == "resume-evil":
+            evil_checkpoint(str(tmp_path / "evil.pt"), str(tmp_path / "pwned"))
+            extra = ["--resume", str(tmp_path / "evil.pt")]
+        elif setup == "resume-none":
+            extra = ["--resume", "none"]
+    else:
+        data = corrupt_shards(setup, tmp_path / "shards", data_dir)
+    before = {name: open(os.path.join(log_dir, name), "rb").read() for name in os.listdir(log_dir)}
+    result = run(["--data-dir", data, "--log-dir", log_dir] + TINY + extra, expect_rc=2)
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert re.search(pattern, result.stderr), result.stderr
+    after = {name: open(os.path.join(log_dir, name), "rb").read() for name in os.listdir(log_dir)}
+    assert after == before  # no partial file written, nothing truncated or deleted
+    assert not os.path.exists(tmp_path / "pwned")  # the pickled code never ran
+
+
+# -----------------------------------------------------------------------------
+# the loader and the flags, in-process
+
+def loader(data_dir, rank=0, world_size=1, batch_size=4, seq_len=32, seed=1337, split="train", shuffle=True):
+    return train_gpt2.ShardLoader(data_dir, split, batch_size, seq_len, rank, world_size, seed, shuffle)
+
+
+def step_windows(loaders, grad_accum_steps):
+    """The rows of one optimizer step over all ranks, as a sorted list of token tuples."""
+    return sorted(tuple(row.tolist()) for _ in range(grad_accum_steps) for lo in loaders for row in lo.next_batch())
+
+
+def test_a_step_sees_the_same_windows_for_any_world_size(data_dir):
+    one = [loader(data_dir)]
+    two = [loader(data_dir, rank, 2) for rank in range(2)]
+    four = [loader(data_dir, rank, 4) for rank in range(4)]
+    for _ in range(30):  # 30 steps of 16 windows: more than an epoch (636 windows), so it crosses shards and epochs
+        expected = step_windows(one, 4)
+        assert step_windows(two, 2) == expected and step_windows(four, 1) == expected
+
+
+def test_each_epoch_is_a_fresh_permutation_of_all_windows(data_dir):
+    train = loader(data_dir)
+    n = train.windows_per_epoch
+    epochs = [[tuple(train.window(e * n + i).tolist()) for i in range(n)] for e in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1])  # every window once per epoch
+    assert epochs[0] != epochs[1]  # in a different order
+    unshuffled = loader(data_dir, shuffle=False)
+    first = np.load(unshuffled.paths[0])
+    assert np.array_equal(unshuffled.window(1), first[32:65])  # window i = tokens[i*T : i*T + T + 1]
+    assert [tuple(loader(data_dir).window(i).tolist()) for i in range(n)] == epochs[0]  # seeded: reproducible
+
+
+def test_llm_c_bin_shards_read_like_npy(tmp_path, data_dir):
+    for name in os.listdir(data_dir):
+        tokens = np.load(os.path.join(data_dir, name))
+        header = np.zeros(256, dtype=np.int32)
+        header[:3] = (20240520, 1, len(tokens))
+        with open(tmp_path / name.replace(".npy", ".bin"), "wb") as f:
+            f.write(header.tobytes() + tokens.tobytes())
+    npy, bin_ = loader(data_dir), loader(str(tmp_path))
+    for _ in range(3):
+        assert torch.equal(npy.next_batch(), bin_.next_batch())
+
+
+def test_loader_state_round_trip(data_dir):
+    a = loader(data_dir)
+    for _ in range(5):
+        a.next_batch()
+    b = loader(data_dir)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.next_batch(), b.next_batch())
+    with pytest.raises(train_gpt2.FatalError, match="seq_len=32, this run has 16"):
+        loader(data_dir, seq_len=16).load_state_dict(a.state_dict())
+
+
+def test_help_shows_every_default_and_demo_preset_yields_to_flags(capsys):
+    with pytest.raises(SystemExit):
+        train_gpt2.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for flag, default in [("--max-lr", "0.0006"), ("--min-lr", "6e-05"), ("--warmup-steps", "715"),
+                          ("--max-steps", "19073"), ("--total-batch-size", "524288"), ("--seed", "1337"),
+                          ("--vocab-size", "50304"), ("--resume", "auto"), ("--data-dir", "edu_fineweb10B")]:
+        assert re.search(re.escape(flag) + r" \S+ .*?\(default: " + re.escape(default) + r"\)", help_text), flag
+    demo = train_gpt2.parse_args(["--demo", "--max-steps", "7"])
+    assert demo.data_dir == "demo_shards" and demo.n_layer == 4 and demo.max_steps == 7
+    assert train_gpt2.parse_args([]).max_steps == 19073
