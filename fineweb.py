@@ -27,6 +27,7 @@ import sysconfig
 import tempfile
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import tiktoken
@@ -69,10 +70,16 @@ def get_tokenizer():
     return tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)
 
+# encode_to_numpy (tiktoken 0.9+) returns a numpy buffer, with no Python int per token; before 0.11 it also turned
+# the text "<|endoftext|>" into the special token, so older versions take the slower list path
+NUMPY_ENCODE = tuple(int(v) for v in getattr(tiktoken, "__version__", "0.0").split(".")[:2]) >= (0, 11)
+
 def encode_document(enc, text):
     """The document's tokens as uint32, with any "<|endoftext|>" in the text encoded as ordinary text."""
+    if not NUMPY_ENCODE:
+        return np.array(enc.encode_ordinary(text), dtype=np.uint32)
     try:
-        return enc.encode_to_numpy(text, disallowed_special=())  # a numpy buffer: no Python int per token
+        return enc.encode_to_numpy(text, disallowed_special=())
     except UnicodeEncodeError:  # lone surrogates (JSON "\ud800"): the same repair as tiktoken's encode_ordinary
         text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         return enc.encode_to_numpy(text, disallowed_special=())
@@ -228,9 +235,9 @@ def batched_by_size(docs, batch_chars):
         yield batch
 
 def ordered_pool_map(fn, items, num_proc):
-    """map(fn, items) on num_proc processes, in order, with at most 2*num_proc items in flight: Pool.imap would
-    read the whole corpus ahead into memory whenever reading is faster than tokenizing, and Pool.terminate can
-    hang while a large task is still in its pipe."""
+    """map(fn, items) on num_proc processes, in order, with at most 2*num_proc items in flight, so memory stays
+    flat. Not Pool.imap: stopping it early (--max-tokens, an error, Ctrl-C) can hang Pool.terminate while a big
+    task is still in its pipe, and a worker killed by the OOM killer hangs a Pool, where an executor raises."""
     if num_proc <= 1:
         yield from map(fn, items)
         return
@@ -264,10 +271,10 @@ def tokenize_into_shards(docs, out_dir, progress, num_proc, verbose):
     if shard and verbose:
         print(f"resuming at shard {shard}: skipping the {doc_index:,} documents before it")
     docs = itertools.islice(docs, doc_index, None)
-    first = next(docs, None)  # read one document now, so that a bad corpus fails before any work starts
-    if first is None and total == 0:
+    first = list(itertools.islice(docs, 1))  # read one document now, so that a bad corpus fails before any work
+    if not first and total == 0:
         raise ValueError("the corpus is empty: there are no documents to tokenize")
-    docs = itertools.chain([] if first is None else [first], docs)
+    docs = itertools.chain(first, docs)
     get_tokenizer()  # in the parent, so that forked workers inherit it
     batch_chars = min(1 << 20, config["max_tokens"] or 1 << 20)  # don't read far past a small --max-tokens
     results = ordered_pool_map(tokenize_documents, batched_by_size(docs, batch_chars), num_proc)
@@ -377,6 +384,10 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume after the completed shards", file=sys.stderr)
         sys.exit(130)
+    except BrokenProcessPool:
+        print("error: a tokenizer process died (out of memory? try a smaller --num-proc); run the same command again "
+              "to resume after the completed shards", file=sys.stderr)
+        sys.exit(1)
     except (ValueError, OSError) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         sys.exit(2)

@@ -106,6 +106,12 @@ def test_tokenizer_matches_reference_bpe_on_tricky_strings(demo_docs):
     assert EOT not in fineweb.encode_document(enc, "<|endoftext|>")  # literal text, not the special token
     assert fineweb.encode_document(enc, "a\ud800b").tolist() == enc.encode_ordinary("a\ud800b")  # lone surrogate
 
+def test_older_tiktoken_path_gives_the_same_tokens(monkeypatch):
+    enc = fineweb.get_tokenizer()
+    fast = [fineweb.encode_document(enc, text).tolist() for text in TRICKY]
+    monkeypatch.setattr(fineweb, "NUMPY_ENCODE", False)  # tiktoken < 0.11
+    assert [fineweb.encode_document(enc, text).tolist() for text in TRICKY] == fast
+
 def test_tokenizer_checks_sha256(monkeypatch):
     monkeypatch.setitem(fineweb.GPT2_FILES_SHA256, "vocab.bpe", "0" * 64)
     with pytest.raises(ValueError, match="sha256"):
@@ -222,6 +228,29 @@ def test_small_demo_stops_reading_early(tmp_path):
     fineweb.write_shards(counted_demo_documents(), tmp_path / "api", 5_000, max_tokens=20_000, num_proc=2, verbose=False)
     same_files(tmp_path / "cli", tmp_path / "api", progress=False)
     assert len(read) < 40  # of the 700-odd files
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_corpus(tmp_path):
+    """Documents are read only as fast as they are tokenized: 40 MB of text peaks no higher than 5 MB does."""
+    import random
+    import tracemalloc
+    rng = random.Random(0)
+    text = " ".join(rng.choice(["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]) for _ in range(100_000))
+    def corpus(n_docs, size=10_000):
+        for i in range(n_docs):
+            start = i * 7919 % (len(text) - size)
+            yield text[start:start + size]
+    fineweb.write_shards(corpus(10), tmp_path / "warm-up", 200_000, num_proc=2, verbose=False)
+    peaks = {}
+    for n_docs in (500, 4_000):
+        tracemalloc.start()
+        try:
+            fineweb.write_shards(corpus(n_docs), tmp_path / str(n_docs), 200_000, num_proc=2, verbose=False)
+            peaks[n_docs] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert len(shard_files(tmp_path / "4000")) >= 40
+    assert peaks[4_000] < peaks[500] + 2e6, peaks  # 35 MB more text, not even 2 MB more memory
 
 # -----------------------------------------------------------------------------
 # resume
