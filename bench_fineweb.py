@@ -2,7 +2,8 @@
 Tokens/s of fineweb.py's pipeline against the straightforward recipe, build-nanogpt's fineweb.py:
 Pool(cpu_count()//2).imap(encode one document, chunksize=16) into uint16 arrays, copied into 100M-token shards.
 Both run on the --demo corpus (read into memory first, so file reading is not timed), write the same shards
-(checked byte for byte), on the same machine in the same run, alternating A B A B after a warm-up round.
+(checked byte for byte), on the same machine in the same run, alternating A B A B after a warm-up round. The
+recipe on all cores, Pool(cpu_count()), is timed too, to tell the gain of using every core from the gain per core.
 
     python bench_fineweb.py                                  # the whole demo corpus, 5 timed rounds
     python bench_fineweb.py --max-tokens 20000 --rounds 1    # smoke test
@@ -30,14 +31,14 @@ def tokenize_one(doc):
     tokens.extend(enc.encode_ordinary(doc))
     return np.array(tokens).astype(np.uint16)
 
-def baseline_write_shards(docs, out_dir, shard_size, max_tokens):
+def baseline_write_shards(docs, out_dir, shard_size, max_tokens, nprocs=max(1, os.cpu_count() // 2)):
     """build-nanogpt's main loop (plus --max-tokens), writing the same files as fineweb.write_shards. It reads
     all of docs: breaking out of Pool.imap early can hang Pool.terminate (a large task stuck in its pipe)."""
     fineweb.get_tokenizer()  # built before forking, like build-nanogpt's module-level enc
     os.makedirs(out_dir, exist_ok=True)
     shard_index, token_count, total = 0, 0, 0
     buffer = np.empty(shard_size, dtype=np.uint16)
-    with mp.Pool(max(1, os.cpu_count() // 2)) as pool:
+    with mp.Pool(nprocs) as pool:
         for tokens in pool.imap(tokenize_one, docs, chunksize=16):
             if max_tokens:
                 tokens = tokens[:max_tokens - total]
@@ -51,6 +52,9 @@ def baseline_write_shards(docs, out_dir, shard_size, max_tokens):
                     shard_index, token_count = shard_index + 1, 0
     if token_count:
         np.save(fineweb.shard_path(out_dir, "edufineweb", shard_index), buffer[:token_count])
+
+def all_cores_baseline_write_shards(docs, out_dir, shard_size, max_tokens):
+    baseline_write_shards(docs, out_dir, shard_size, max_tokens, nprocs=os.cpu_count())
 
 def ours_write_shards(docs, out_dir, shard_size, max_tokens):
     fineweb.write_shards(docs, out_dir, shard_size, max_tokens, num_proc=os.cpu_count(), source="bench", verbose=False)
@@ -84,18 +88,23 @@ if __name__ == "__main__":
     print(f"{datetime.date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, tiktoken {tiktoken.__version__}, numpy {np.__version__}")
     print(f"demo corpus: {len(docs)} documents, {sum(map(len, docs)):,} characters; shards of {args.shard_size:,} tokens")
-    runs = {"ours": [], "baseline": []}
+    pipelines = {"fineweb.py": ours_write_shards, "baseline": baseline_write_shards,
+                 "baseline on all cores": all_cores_baseline_write_shards}
+    runs = {name: [] for name in pipelines}
     for round_index in range(args.warmup + args.rounds):
-        ours, tokens, ours_shards = timed_run(ours_write_shards, docs, args.shard_size, args.max_tokens)
-        baseline, _, baseline_shards = timed_run(baseline_write_shards, docs, args.shard_size, args.max_tokens)
-        assert ours_shards == baseline_shards, "the two pipelines wrote different shards"
         timed = round_index >= args.warmup
-        if timed:
-            runs["ours"].append(ours)
-            runs["baseline"].append(baseline)
-        print(f"{'round' if timed else 'warm-up'} {round_index + 1}: {tokens:,} tokens, "
-              f"fineweb.py {ours / 1e6:.2f}M tok/s, baseline {baseline / 1e6:.2f}M tok/s")
-    ours, baseline = statistics.median(runs["ours"]), statistics.median(runs["baseline"])
+        shards, line = [], f"{'round' if timed else 'warm-up'} {round_index + 1}:"
+        for name, write in pipelines.items():
+            speed, tokens, pipeline_shards = timed_run(write, docs, args.shard_size, args.max_tokens)
+            shards.append(pipeline_shards)
+            line += f" {name} {speed / 1e6:.2f}M tok/s,"
+            if timed:
+                runs[name].append(speed)
+        assert shards[0] == shards[1] == shards[2], "the pipelines wrote different shards"
+        print(f"{line} {tokens:,} tokens")
+    medians = {name: statistics.median(speeds) for name, speeds in runs.items()}
+    ours, baseline, all_cores = medians.values()
     print(f"median of {args.rounds}: fineweb.py {ours / 1e6:.2f}M tok/s ({os.cpu_count()} processes), "
-          f"baseline {baseline / 1e6:.2f}M tok/s (Pool({max(1, os.cpu_count() // 2)}), chunksize=16), "
-          f"ratio {ours / baseline:.2f}x")
+          f"baseline {baseline / 1e6:.2f}M tok/s (Pool({max(1, os.cpu_count() // 2)}).imap, chunksize=16), "
+          f"baseline on all cores {all_cores / 1e6:.2f}M tok/s (Pool({os.cpu_count()}))")
+    print(f"ratio fineweb.py / baseline: {ours / baseline:.2f}x (/ baseline on all cores: {ours / all_cores:.2f}x)")
