@@ -13,6 +13,7 @@ model FLOPs of model.flops_per_token (6*N + 6*n_layer*n_embd*T) against the devi
 
 import argparse
 import math
+import os
 import resource
 import statistics
 import sys
@@ -90,6 +91,9 @@ def parse_args(argv=None):
                                                                "torch.profiler and print the top kernels")
     parser.add_argument("--profile-steps", type=int, default=5, help="steps under the profiler")
     parser.add_argument("--trace", help="with --profile: also write a Chrome trace to this file")
+    parser.add_argument("--write-shards", metavar="DIR", help="instead of timing, write random-token shards for "
+                                                                 "--warmup + --steps steps to DIR and print the "
+                                                                 "train_gpt2.py command that runs this config on them")
     parser.add_argument("--seed", type=int, default=1337, help="seed for the weights and the random tokens")
     return parser.parse_args(argv)
 
@@ -103,6 +107,8 @@ def resolve_args(args):
         raise ValueError(f"--device {args.device} is not supported: use cuda, cuda:N or cpu")
     if device_type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device} asked for, but torch sees no CUDA GPU: use --device cpu")
+    if args.device == "cuda":
+        args.device = f"cuda:{torch.cuda.current_device()}"  # an index, which torch.cuda.set_device needs
     bf16_ok = device_type != "cuda" or torch.cuda.is_bf16_supported()
     if args.dtype == "bf16" and not bf16_ok:
         raise ValueError("this GPU does not support bf16: use --dtype fp16 or --dtype fp32")
@@ -121,6 +127,8 @@ def resolve_args(args):
         raise ValueError(f"--warmup must be 0 or more, got {args.warmup}")
     if args.compare and args.steps < args.rounds:
         raise ValueError(f"--compare needs --steps >= --rounds ({args.rounds}), got --steps {args.steps}")
+    if args.write_shards and (args.compare or args.profile):
+        raise ValueError("--write-shards only writes shards: run it without --compare and --profile")
     if args.compare and args.profile:
         raise ValueError("--profile looks at one path: run it without --compare")
     if args.trace and not args.profile:
@@ -331,7 +339,8 @@ def describe(args, compile, fused, attention):
     """A path in words, e.g. 'compiled (inductor), AdamW fused, flash attention'."""
     how = args.compile_backend + ("" if args.compile_mode == "default" else f", {args.compile_mode}")
     compiled = f"compiled ({how})" if compile else "eager"
-    return f"{compiled}, AdamW {'fused' if fused else 'foreach'}, {attention} attention"
+    unfused = "foreach" if args.device_type == "cuda" else "for-loop"  # torch's default when not fused
+    return f"{compiled}, AdamW {'fused' if fused else unfused}, {attention} attention"
 
 
 # -----------------------------------------------------------------------------
@@ -340,7 +349,8 @@ def describe(args, compile, fused, attention):
 
 def print_header(args):
     c = args.config
-    threads = f" ({torch.get_num_threads()} threads)" if args.device_type == "cpu" else ""
+    n_threads = torch.get_num_threads()
+    threads = f" ({n_threads} thread{'s' if n_threads > 1 else ''})" if args.device_type == "cpu" else ""
     print(f"device: {device_name(args)}{threads} | torch {torch.__version__} | {date.today().isoformat()}")
     with torch.device("meta"):  # counts only: no memory, no init
         n_params = GPT(c).num_params()
@@ -499,6 +509,32 @@ def run_profile(args, step):
 
 
 # -----------------------------------------------------------------------------
+# random-token shards, to check that train_gpt2.py's own step reaches bench.py's figure
+
+
+def write_shards(args):
+    """A val shard of one batch and a train shard for --warmup + --steps steps, in the shard contract's names and
+    dtype, then the train_gpt2.py command for the same config, with everything but training turned off."""
+    os.makedirs(args.write_shards, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    vocab = min(args.config.vocab_size, 50257)  # real token ids only, as a tokenizer would write them
+    train_tokens = (args.warmup + args.steps) * tokens_per_step(args) + 1
+    for name, n_tokens in (("edufineweb_val_000000.npy", args.batch_size * args.seq_len + 1),
+                           ("edufineweb_train_000001.npy", train_tokens)):
+        np.save(os.path.join(args.write_shards, name), rng.integers(0, vocab, n_tokens, dtype=np.uint16))
+    c = args.config
+    model = (f"--n-layer {c.n_layer} --n-head {c.n_head} --n-embd {c.n_embd}" if args.model == "tiny" else
+             f"--model {args.model} --n-layer {c.n_layer} --n-head {c.n_head} --n-embd {c.n_embd}")
+    print(f"wrote {train_tokens:,} train tokens to {args.write_shards}; now run, and take the median dt of the "
+          f"steps after the first {args.warmup}:")
+    print(f"python train_gpt2.py --data-dir {args.write_shards} --log-dir {os.path.join(args.write_shards, 'log')} "
+          f"{model} --vocab-size {c.vocab_size} --batch-size {args.batch_size} --seq-len {args.seq_len} "
+          f"--total-batch-size {tokens_per_step(args)} --max-steps {args.warmup + args.steps} --device {args.device} "
+          f"--dtype {args.dtype} --{'' if args.compile else 'no-'}compile --eval-every 0 --hellaswag-every 0 "
+          f"--sample-every 0 --checkpoint-every 0 --resume none")
+
+
+# -----------------------------------------------------------------------------
 
 
 def main(argv=None):
@@ -506,6 +542,9 @@ def main(argv=None):
     if args.device_type == "cuda":
         torch.cuda.set_device(args.device)  # so the memory counters and the profiler look at this GPU
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer, as train_gpt2.py
+    if args.write_shards:
+        write_shards(args)
+        return
     print_header(args)
     if args.compare:
         run_compare(args)

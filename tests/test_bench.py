@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,7 +62,7 @@ def test_single_run_prints_sane_figures_and_a_profile():
     memory = float(re.search(r"^peak memory: ([\d,.]+) MiB \(process peak RSS, CPU\)$", out, re.M)
                    .group(1).replace(",", ""))
     assert memory > 10
-    assert "path: eager, AdamW foreach, flash attention" in out  # the CPU default path
+    assert "path: eager, AdamW for-loop, flash attention" in out  # the CPU default path
     assert re.search(r"^device: cpu .*\| torch \S+ \| \d{4}-\d\d-\d\d$", out, re.M)
     assert "profile: 1 steps, top kernels by self_cpu_time_total" in out and "Self CPU" in out
 
@@ -73,15 +74,32 @@ def test_compare_table_has_every_variant():
     assert result.returncode == 0, result.stderr
     rows = {}
     for line in result.stdout.splitlines():
-        for name in ("eager, AdamW foreach, flash attention", "compiled (aot_eager), AdamW foreach, flash attention",
-                     "eager, AdamW fused, flash attention", "eager, AdamW foreach, manual attention"):
+        for name in ("eager, AdamW for-loop, flash attention", "compiled (aot_eager), AdamW for-loop, flash attention",
+                     "eager, AdamW fused, flash attention", "eager, AdamW for-loop, manual attention"):
             if line.startswith(name) or line.startswith("baseline: " + name):
                 rows[name] = line
     assert len(rows) == 4, result.stdout
-    assert rows["eager, AdamW foreach, flash attention"].startswith("baseline: ")
-    assert re.search(r" 1\.00x \(1\.00-1\.00\) ", rows["eager, AdamW foreach, flash attention"])
+    assert rows["eager, AdamW for-loop, flash attention"].startswith("baseline: ")
+    assert re.search(r" 1\.00x \(1\.00-1\.00\) ", rows["eager, AdamW for-loop, flash attention"])
     for line in rows.values():  # a figure with a ratio, or an honest reason why not
         assert re.search(r"\d\.\d\dx \(", line) or "unavailable: " in line, line
+
+
+def test_write_shards_gives_train_gpt2_a_command_that_runs(tmp_path):
+    # the check that train_gpt2.py's own step reaches bench.py's figure needs both on the same config and tokens
+    shards = tmp_path / "shards"
+    result = run_bench(*SMALL, "--steps", "1", "--warmup", "1", "--write-shards", str(shards))
+    assert result.returncode == 0, result.stderr
+    train = np.load(shards / "edufineweb_train_000001.npy")
+    assert train.dtype == np.uint16 and len(train) == 2 * 2 * 16 + 1 and int(train.max()) < 128
+    assert np.load(shards / "edufineweb_val_000000.npy").dtype == np.uint16
+    command = result.stdout.strip().splitlines()[-1].split()
+    assert command[:2] == ["python", "train_gpt2.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train_run = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=120)
+    assert train_run.returncode == 0, train_run.stderr
+    assert re.search(r"^step +1 \| loss [\d.]+ .*\| dt [\d.]+ms", train_run.stdout, re.M)
 
 
 def test_bad_input_is_one_line_error():
@@ -99,6 +117,7 @@ def test_bad_input_is_one_line_error():
     (["--seq-len", "2048"], "longer than the model's block_size 1024"),
     (["--dtype", "fp16"], "--dtype fp16 needs CUDA"),
     (["--compile", "--compile-backend", "nosuch"], "is not a torch.compile backend"),
+    (["--write-shards", "d", "--compare"], "--write-shards only writes shards"),
 ])
 def test_bad_input_messages(flags, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -168,6 +187,26 @@ def test_a_variant_that_cannot_run_is_a_row_not_a_crash(monkeypatch, capsys):
     args = tiny_args("--compare", "--steps", "2", "--rounds", "2", "--warmup", "1", "--compile-backend", "eager")
     bench.run_compare(args)
     out = capsys.readouterr().out
-    assert re.search(r"^eager, AdamW foreach, manual attention +unavailable: RuntimeError: no kernel for this$", out,
+    assert re.search(r"^eager, AdamW for-loop, manual attention +unavailable: RuntimeError: no kernel for this$", out,
                      re.M)
-    assert re.search(r"^compiled \(eager\), AdamW foreach, flash attention +[\d,]+ ", out, re.M)
+    assert re.search(r"^compiled \(eager\), AdamW for-loop, flash attention +[\d,]+ ", out, re.M)
+
+
+# -----------------------------------------------------------------------------
+# on a GPU (CI deselects these with -m "not gpu"; run them where a GPU is lent)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_and_compare():
+    small = ["--n-layer", "2", "--n-head", "2", "--n-embd", "128", "--batch-size", "4", "--seq-len", "128"]
+    result = run_bench(*small, "--steps", "4", "--warmup", "2")  # the CUDA defaults: bf16, compiled, fused AdamW
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^path: compiled \(inductor\), AdamW fused, flash attention$", result.stdout, re.M)
+    assert re.search(r"^MFU: (\d+\.\d%|unknown) \(", result.stdout, re.M)
+    assert "(torch.cuda.max_memory_allocated)" in result.stdout
+    result = run_bench(*small, "--compare", "--steps", "4", "--rounds", "2", "--warmup", "2")
+    assert result.returncode == 0, result.stderr
+    for name in ("eager, AdamW fused", "AdamW foreach", "manual attention"):
+        assert name in result.stdout
