@@ -32,6 +32,7 @@ import os
 import random
 import re
 import signal
+import statistics
 import sys
 import time
 from collections import deque
@@ -102,11 +103,11 @@ def parse_args(argv=None):
 
 
 class FatalError(Exception):
-    """A problem the user can fix, printed as one line `error: ...` (exit code 2)."""
+    """A problem the user can fix: printed as one line `error: ...`, exit code 2."""
 
 
-class Diverged(Exception):
-    """Too many bad steps in a row (exit code 3)."""
+class Diverged(FatalError):
+    """Too many bad steps in a row: exit code 3, so that a wrapper can tell it from bad input."""
 
 
 def model_config(args):
@@ -159,11 +160,9 @@ def open_shard(path):
     """A shard's tokens as a read-only uint16 memmap: pages are read on demand, never the whole shard."""
     if path.endswith(".bin"):
         header = np.fromfile(path, dtype=np.int32, count=BIN_HEADER_INTS)
-        if len(header) < BIN_HEADER_INTS or header[0] != BIN_MAGIC:
-            raise FatalError(f"{path} is not an llm.c token shard (wrong magic number, expected {BIN_MAGIC})")
-        if header[1] != BIN_VERSION:
-            raise FatalError(f"{path} is an llm.c shard of version {header[1]}; only version 1 (uint16 GPT-2 "
-                             f"tokens) is supported")
+        if len(header) < BIN_HEADER_INTS or header[0] != BIN_MAGIC or header[1] != BIN_VERSION:
+            raise FatalError(f"{path} is not an llm.c token shard of uint16 GPT-2 tokens (wrong magic number or "
+                             f"version: expected {BIN_MAGIC} and {BIN_VERSION})")
         n_tokens, size = int(header[2]), os.path.getsize(path)
         if size != 4 * BIN_HEADER_INTS + 2 * n_tokens:
             raise FatalError(f"{path} is truncated or corrupt: its header promises {n_tokens} tokens, the file "
@@ -190,11 +189,7 @@ class ShardLoader:
         self.seed, self.shuffle = seed, shuffle
         self.paths = list_shards(data_dir, split)
         self.shards = [open_shard(path) for path in self.paths]
-        self.counts = [(len(tokens) - 1) // seq_len for tokens in self.shards]
-        for path, tokens, count in zip(self.paths, self.shards, self.counts):
-            if count < 1:
-                raise FatalError(f"{path} holds {len(tokens)} tokens, too few for one row of --seq-len {seq_len} "
-                                 f"(+1); re-create the shards or lower --seq-len")
+        self.counts = [max(0, len(tokens) - 1) // seq_len for tokens in self.shards]  # a 0 never gets a slot
         self.windows_per_epoch = sum(self.counts)
         if self.windows_per_epoch < batch_size:
             raise FatalError(f"the {split} shards in {data_dir} hold {self.windows_per_epoch} rows of "
@@ -254,10 +249,8 @@ class ShardLoader:
 def to_device(rows, device):
     """Host rows (B, T+1) -> inputs and targets on the device. From pinned memory the copy is asynchronous, so
     it overlaps with the GPU work already queued."""
-    if device.startswith("cuda"):
-        rows = rows.pin_memory().to(device, non_blocking=True)
-    else:
-        rows = rows.to(device)
+    rows = rows.pin_memory() if device.startswith("cuda") else rows
+    rows = rows.to(device, non_blocking=True)
     return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
 
@@ -283,8 +276,7 @@ def is_spike(loss, recent_losses, z_threshold):
     """llm.c's --skip_update_lossz: the loss is z_threshold standard deviations above the recent mean."""
     if z_threshold <= 0 or len(recent_losses) < SPIKE_MIN_HISTORY:
         return False
-    mean = sum(recent_losses) / len(recent_losses)
-    std = math.sqrt(sum((x - mean) ** 2 for x in recent_losses) / len(recent_losses))
+    mean, std = statistics.fmean(recent_losses), statistics.pstdev(recent_losses)
     return std > 0 and (loss - mean) / std > z_threshold
 
 
@@ -339,11 +331,8 @@ def load_hellaswag(rank, world_size, device):
 
 def find_checkpoints(log_dir):
     """[(step, path)] of the log dir's model_XXXXX.pt files, oldest first."""
-    if not os.path.isdir(log_dir):
-        return []
-    found = [(int(m.group(1)), os.path.join(log_dir, n)) for n in os.listdir(log_dir)
-             if (m := re.fullmatch(r"model_(\d+)\.pt", n))]
-    return sorted(found)
+    names = os.listdir(log_dir) if os.path.isdir(log_dir) else []
+    return sorted((int(m[1]), os.path.join(log_dir, n)) for n in names if (m := re.fullmatch(r"model_(\d+)\.pt", n)))
 
 
 def resolve_resume(resume, log_dir):
@@ -351,12 +340,30 @@ def resolve_resume(resume, log_dir):
     existing = find_checkpoints(log_dir)
     if resume == "none":
         if existing:
-            raise FatalError(f"--resume none, but {log_dir} already holds checkpoints ({os.path.basename(existing[-1][1])}"
-                             f"...) that a later --resume auto would mix up with this run: use another --log-dir")
+            raise FatalError(f"--resume none, but {log_dir} already holds checkpoints (up to {existing[-1][1]}) "
+                             f"that a later --resume auto would mix up with this run: use another --log-dir")
         return None
     if resume == "auto":
         return existing[-1][1] if existing else None
     return resume
+
+
+def load_resume_checkpoint(path, config):
+    """A training checkpoint for this model, read without executing any pickled code (weights_only=True)."""
+    try:
+        checkpoint = load_checkpoint(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise FatalError(f"{e}; delete it to resume from an earlier checkpoint, or pass --resume") from None
+    if checkpoint["config"] != dataclasses.asdict(config):
+        diff = ", ".join(f"{k} {v} vs {getattr(config, k, None)}" for k, v in checkpoint["config"].items()
+                         if getattr(config, k, None) != v)
+        raise FatalError(f"{path} holds a different model ({diff}): pass the flags it was trained with "
+                         f"(--model/--n-layer/...) or use another --log-dir")
+    missing = {"optimizer", "loader", "rng", "step", "bad_steps", "recent_losses", "evals_done"} - checkpoint.keys()
+    if missing:
+        raise FatalError(f"{path} has weights but no training state ({', '.join(sorted(missing))}): it cannot be "
+                         f"resumed; start a new --log-dir")
+    return checkpoint
 
 
 def save_checkpoint(path, checkpoint, sleep_before_rename=0.0):
@@ -391,7 +398,7 @@ def append_log(path, line):
         f.write(line + "\n")
 
 
-def test_hooks():
+def fault_injection_hooks():
     """Fault injection for tests/test_train_gpt2.py, from environment variables that real runs do not set:
     TRAIN_GPT2_TEST_LOSS_FACTOR="3=nan,9=100" multiplies the loss of those steps (NaN, spikes);
     TRAIN_GPT2_TEST_KILL_AT="rank:step" SIGKILLs that rank at the start of that step, on torchrun's first attempt;
@@ -418,26 +425,22 @@ def init_process_group(backend, rank, world_size):
 
 
 def pick_device(requested, local_rank, ddp):
+    mps = torch.backends.mps.is_available() and not ddp  # no DDP backend for MPS
     if requested == "auto":
-        mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-        requested = "cuda" if torch.cuda.is_available() else "mps" if mps and not ddp else "cpu"
-    if requested.startswith("cuda"):
+        requested = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if requested == "cuda" or requested.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise FatalError(f"--device {requested}, but no CUDA GPU is visible; use --device cpu")
         requested = f"cuda:{local_rank}" if requested == "cuda" else requested
         torch.cuda.set_device(requested)
-    elif requested == "mps" and (ddp or not torch.backends.mps.is_available()):
-        raise FatalError("--device mps needs an available Apple GPU and a single process")
-    elif requested not in ("cpu", "mps"):
-        raise FatalError(f"--device {requested} is not one of auto, cpu, cuda, cuda:N, mps")
+    elif requested not in ("cpu", "mps") or (requested == "mps" and not mps):
+        raise FatalError(f"--device {requested} is not available: use auto, cpu, cuda, cuda:N, or mps (one process)")
     return requested
 
 
 def pick_dtype(requested, device_type):
     if requested == "auto":
-        if device_type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32" if device_type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if requested == "fp16" and device_type != "cuda":
         raise FatalError("--dtype fp16 needs CUDA (it trains with a CUDA GradScaler); use bf16 or fp32")
     if requested == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -453,10 +456,11 @@ def main(argv=None):
     sys.stdout.reconfigure(line_buffering=True)  # step lines show up at once through pipes and tee
 
     # DDP facts from torchrun's environment, the only state shared by everything below
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")) if ddp else (0, 0, 1)
+    ddp = "RANK" in os.environ  # torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
     master = rank == 0
-    hooks = test_hooks()
+    hooks = fault_injection_hooks()
 
     config = model_config(args)
     check_args(args, config, world_size)
@@ -464,7 +468,7 @@ def main(argv=None):
     grad_accum_steps = args.total_batch_size // (B * T * world_size)
     windows_per_step = args.total_batch_size // T
 
-    # data first, so that bad shards fail before the process group forms
+    # data and the checkpoint to resume from are checked first, so that they fail before the process group forms
     train_loader = ShardLoader(args.data_dir, "train", B, T, rank, world_size, args.seed, shuffle=True)
     val_loader = ShardLoader(args.data_dir, "val", B, T)
     if train_loader.windows_per_epoch < windows_per_step:
@@ -476,7 +480,11 @@ def main(argv=None):
     if args.epochs:
         args.max_steps = args.epochs * train_loader.windows_per_epoch // windows_per_step
         if args.max_steps == 0:
-            raise FatalError(f"--epochs {args.epochs} is less than one step of --total-batch-size {args.total_batch_size}")
+            raise FatalError(f"--epochs {args.epochs} is less than one step of {args.total_batch_size} tokens")
+    resume_path = resolve_resume(args.resume, args.log_dir)  # the newest in the log dir (auto), a given one, or none
+    checkpoint = load_resume_checkpoint(resume_path, config) if resume_path else None
+    if checkpoint:
+        train_loader.load_state_dict(checkpoint["loader"])
 
     device = pick_device(args.device, local_rank, ddp)
     device_type = device.split(":")[0]
@@ -493,22 +501,11 @@ def main(argv=None):
     optimizer = raw_model.configure_optimizers(args.weight_decay, args.max_lr, device_type)
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
 
-    # resume: the newest checkpoint in the log dir (auto), a given one, or none
+    # resume the whole training state
     start_step, recent_losses, bad_streak, resumed_evals_done = 0, deque(maxlen=SPIKE_WINDOW), 0, False
-    resume_path = resolve_resume(args.resume, args.log_dir)
-    if resume_path:
-        try:
-            checkpoint = load_checkpoint(resume_path)
-        except (ValueError, FileNotFoundError) as e:
-            raise FatalError(f"{e}; delete it to resume from an earlier checkpoint, or pass --resume") from None
-        if checkpoint["config"] != dataclasses.asdict(config):
-            diff = ", ".join(f"{k} {v} vs {getattr(config, k)}" for k, v in checkpoint["config"].items()
-                             if getattr(config, k, None) != v)
-            raise FatalError(f"{resume_path} holds a different model ({diff}): pass the flags it was trained with "
-                             f"(--model/--n-layer/...) or use another --log-dir")
+    if checkpoint:
         raw_model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        train_loader.load_state_dict(checkpoint["loader"])
         if scaler is not None and checkpoint.get("grad_scaler"):
             scaler.load_state_dict(checkpoint["grad_scaler"])
         if rank < len(checkpoint["rng"]):
@@ -643,8 +640,10 @@ def main(argv=None):
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or float("inf"))
         train_loss, stop_votes, norm = torch.stack([stats[0] / world_size, stats[1], norm.float()]).tolist()  # 1 sync
         lr = get_lr(step, args.max_lr, args.min_lr, args.warmup_steps, args.max_steps)
-        # a NaN/inf loss, or a spike, must not reach the weights: every rank sees the same loss, so all skip
-        bad = not math.isfinite(train_loss) or is_spike(train_loss, recent_losses, args.skip_spikes)
+        # a NaN/inf loss or gradient, or a loss spike, must not reach the weights; every rank sees the same loss
+        # and norm, so all skip together. (With fp16, inf gradients are the GradScaler's to skip, as usual.)
+        not_finite = not math.isfinite(train_loss) or (scaler is None and not math.isfinite(norm))
+        bad = not_finite or is_spike(train_loss, recent_losses, args.skip_spikes)
         if bad:
             bad_streak += 1
         else:
@@ -666,17 +665,17 @@ def main(argv=None):
             print(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | "
                   f"tok/s {tokens_per_sec:.0f} | mfu {format_mfu(mfu)}")
             if bad:
-                print(f"warning: step {step}: loss {train_loss} is {'a spike' if math.isfinite(train_loss) else 'not finite'}"
-                      f", update skipped ({bad_streak} in a row)", file=sys.stderr)
+                reason = "not finite" if not_finite else "a spike"
+                print(f"warning: step {step}: loss {train_loss}, grad norm {norm}: {reason}, update skipped "
+                      f"({bad_streak} in a row)", file=sys.stderr)
                 append_log(log_file, f"{step} skip {train_loss:.6f}")
             else:
                 append_log(log_file, f"{step} train {train_loss:.6f}")
         if args.max_bad_steps and bad_streak >= args.max_bad_steps:
-            kept = find_checkpoints(args.log_dir)
+            kept = find_checkpoints(args.log_dir)[-1:] or [(0, "none")]
             raise Diverged(f"{bad_streak} steps in a row, up to step {step}, had a non-finite or spiking loss: "
-                           f"stopping. Their updates were skipped; the last checkpoint is "
-                           f"{kept[-1][1] if kept else 'none (none was written)'}. Resume from it with a lower "
-                           f"--max-lr, or check the data")
+                           f"stopping. Their updates were skipped; the last checkpoint is {kept[0][1]}. Resume from it "
+                           f"with a lower --max-lr, or check the data")
         if stop_votes:
             write_checkpoint(step + 1, None, evals_done=False)
             signum = signals_received[0] if signals_received else signal.SIGTERM
@@ -694,10 +693,7 @@ if __name__ == "__main__":
         code = main()
     except FatalError as e:
         print(f"error: {e}", file=sys.stderr)
-        code = 2
-    except Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 3
+        code = 3 if isinstance(e, Diverged) else 2
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     sys.exit(code)
