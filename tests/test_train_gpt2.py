@@ -4,6 +4,7 @@ for DDP), on a tiny model and shards this file writes. The equivalences are the 
 accumulation, resume = uninterrupted, killed/preempted/restarted = undisturbed. Runs are shared between tests
 through module-scoped fixtures, because each process start costs seconds.
 """
+import json
 import os
 import random
 import re
@@ -79,7 +80,7 @@ def read_log(log_dir):
     streams = {}
     with open(os.path.join(log_dir, "log.txt")) as f:
         for line in f:
-            assert re.fullmatch(r"\d+ (train|val|skip) \S+\n", line), f"malformed log line {line!r}"
+            assert re.fullmatch(r"\d+ (train|val|hella|skip) \S+\n", line), f"malformed log line {line!r}"
             step, stream, value = line.split()
             streams.setdefault(stream, {})[int(step)] = float(value)
     return streams
@@ -176,6 +177,45 @@ def test_resume_after_k_steps_matches_uninterrupted(tmp_path, data_dir, referenc
     after_resume = lambda train: {step: loss for step, loss in train.items() if step >= 4}
     assert after_resume(log["train"]) == after_resume(reference["log"]["train"])
     assert same_weights(os.path.join(log_dir, "model_00012.pt"), os.path.join(reference["log_dir"], "model_00012.pt"))
+
+
+# -----------------------------------------------------------------------------
+# periodic work: val, HellaSwag and samples, with torch.compile, under DDP
+
+def write_hellaswag(directory, n=6):
+    """A tiny stand-in for hellaswag_val.jsonl, in the official format."""
+    os.makedirs(directory, exist_ok=True)
+    example = {"activity_label": "Cooking", "ctx_a": "A man is cooking.", "ctx_b": "he", "ctx": "A man is cooking. he",
+               "endings": ["stirs the pot.", "flies away.", "reads a book.", "sings."], "split": "val"}
+    with open(os.path.join(directory, "hellaswag_val.jsonl"), "w") as f:
+        f.writelines(json.dumps({**example, "ind": i, "label": i % 4}) + "\n" for i in range(n))
+    return str(directory)
+
+
+GPT2_VOCAB = ["--vocab-size", "50304", "--max-steps", "4", "--eval-every", "2", "--sample-every", "2",
+              "--sample-tokens", "8"]
+
+
+def test_compiled_ddp_run_does_val_hellaswag_and_samples(tmp_path, data_dir):
+    log_dir = str(tmp_path / "log")
+    env = {"HELLASWAG_CACHE": write_hellaswag(tmp_path / "hellaswag")}
+    result = run(["--data-dir", data_dir, "--log-dir", log_dir] + TINY + GPT2_VOCAB + ["--hellaswag-every", "2",
+                 "--compile"], env=env, torchrun=TORCHRUN)
+    assert "compile True, world size 2" in result.stdout
+    log = read_log(log_dir)
+    assert sorted(log["val"]) == sorted(log["hella"]) == [0, 2, 4]
+    assert len(re.findall(r"hellaswag acc [\d.]+ acc_norm [\d.]+ harness acc [\d.]+ acc_norm [\d.]+ \(n=6\)",
+                          result.stdout)) == 3  # each rank scored 3 examples, the counts were summed
+    samples = re.findall(r"^sample \d: (.*)$", result.stdout, re.MULTILINE)  # repr() of each text
+    assert len(samples) == 8 and all(s[1:].startswith("Hello, I'm a language model,") for s in samples)
+
+
+def test_hellaswag_unavailable_offline_is_a_warning(tmp_path, data_dir):
+    env = {"HELLASWAG_CACHE": str(tmp_path / "empty"), "HELLASWAG_URL": "http://127.0.0.1:9"}  # nothing listens
+    result = run(["--data-dir", data_dir, "--log-dir", str(tmp_path / "log")] + TINY + GPT2_VOCAB + [
+        "--max-steps", "1", "--sample-every", "0", "--hellaswag-every", "1"], env=env)
+    assert re.search(r"warning: HellaSwag disabled, its data is not available \(.+\)", result.stderr)
+    assert "hella" not in read_log(tmp_path / "log")
 
 
 # -----------------------------------------------------------------------------
