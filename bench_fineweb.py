@@ -3,7 +3,8 @@ Tokens/s of fineweb.py's pipeline against the straightforward recipe, build-nano
 Pool(cpu_count()//2).imap(encode one document, chunksize=16) into uint16 arrays, copied into 100M-token shards.
 Both run on the --demo corpus (read into memory first, so file reading is not timed), write the same shards
 (checked byte for byte), on the same machine in the same run, alternating A B A B after a warm-up round. The
-recipe on all cores, Pool(cpu_count()), is timed too, to tell the gain of using every core from the gain per core.
+recipe on all cores, Pool(cpu_count()), is timed too, and so is one core of each (no processes, no files), to
+tell the gain per core from the gain of using every core.
 
     python bench_fineweb.py                                  # the whole demo corpus, 5 timed rounds
     python bench_fineweb.py --max-tokens 20000 --rounds 1    # smoke test
@@ -59,6 +60,12 @@ def all_cores_baseline_write_shards(docs, out_dir, shard_size, max_tokens):
 def ours_write_shards(docs, out_dir, shard_size, max_tokens):
     fineweb.write_shards(docs, out_dir, shard_size, max_tokens, num_proc=os.cpu_count(), source="bench", verbose=False)
 
+def one_core_ours(docs):
+    return sum(len(tokens) for tokens, _ in map(fineweb.tokenize_documents, fineweb.batched_by_size(docs, 1 << 20)))
+
+def one_core_baseline(docs):
+    return sum(len(tokenize_one(doc)) for doc in docs)
+
 def timed_run(write, docs, shard_size, max_tokens):
     """Tokens/s of one run into a fresh directory, and the bytes of the shards it wrote."""
     out_dir = tempfile.mkdtemp(prefix="bench_fineweb_")
@@ -102,9 +109,19 @@ if __name__ == "__main__":
                 runs[name].append(speed)
         assert shards[0] == shards[1] == shards[2], "the pipelines wrote different shards"
         print(f"{line} {tokens:,} tokens")
+    one_core = {"fineweb.py": [], "baseline": []}
+    for round_index in range(args.warmup + args.rounds):  # one core each, alternating too
+        for name, tokenize in [("fineweb.py", one_core_ours), ("baseline", one_core_baseline)]:
+            start = time.perf_counter()
+            tokens = tokenize(docs)
+            if round_index >= args.warmup:
+                one_core[name].append(tokens / (time.perf_counter() - start))
     medians = {name: statistics.median(speeds) for name, speeds in runs.items()}
     ours, baseline, all_cores = medians.values()
     print(f"median of {args.rounds}: fineweb.py {ours / 1e6:.2f}M tok/s ({os.cpu_count()} processes), "
           f"baseline {baseline / 1e6:.2f}M tok/s (Pool({max(1, os.cpu_count() // 2)}).imap, chunksize=16), "
           f"baseline on all cores {all_cores / 1e6:.2f}M tok/s (Pool({os.cpu_count()}))")
     print(f"ratio fineweb.py / baseline: {ours / baseline:.2f}x (/ baseline on all cores: {ours / all_cores:.2f}x)")
+    ours, baseline = statistics.median(one_core["fineweb.py"]), statistics.median(one_core["baseline"])
+    print(f"one core, tokenizing only: fineweb.py {ours / 1e6:.2f}M tok/s (encode_to_numpy), baseline "
+          f"{baseline / 1e6:.2f}M tok/s (encode_ordinary into a list), ratio {ours / baseline:.2f}x")
