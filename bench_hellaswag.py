@@ -67,7 +67,9 @@ def main(argv=None):
     parser.add_argument("--block-size", type=int, default=1024)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=list(hellaswag.DTYPES))
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads for torch")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     for name in ("n_examples", "batch_size", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
