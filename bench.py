@@ -181,10 +181,8 @@ class RandomBatches:
 def to_device(rows, device):
     """train_gpt2.py's to_device, copied (nothing imports train_gpt2.py): host rows (B, T+1) -> inputs and
     targets on the device. From pinned memory the copy is asynchronous, so it overlaps the queued GPU work."""
-    if device.startswith("cuda"):
-        rows = rows.pin_memory().to(device, non_blocking=True)
-    else:
-        rows = rows.to(device)
+    rows = rows.pin_memory() if device.startswith("cuda") else rows
+    rows = rows.to(device, non_blocking=True)
     return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
 
@@ -224,8 +222,8 @@ def use_manual_attention(model):
 
 def make_train_step(args, compile=None, fused=None, attention="flash", batches=None, lr=LEARNING_RATE):
     """Build a model and optimizer; return (step, raw_model, optimizer). step() runs one optimizer step as
-    train_gpt2.py's loop does and returns its loss and gradient norm (before clipping). compile=None means args.compile; fused=None is
-    configure_optimizers' default (fused on CUDA); batches defaults to random tokens."""
+    train_gpt2.py's loop does and returns its loss and gradient norm (before clipping). compile=None means
+    args.compile; fused=None is configure_optimizers' default (fused on CUDA); batches defaults to random tokens."""
     compile = args.compile if compile is None else compile
     device, device_type = args.device, args.device_type
     torch.manual_seed(args.seed)
@@ -255,12 +253,13 @@ def make_train_step(args, compile=None, fused=None, attention="flash", batches=N
             loss = loss / grad_accum_steps  # the gradients sum over micro-steps: make that their mean
             loss_accum += loss.detach()  # stays on the device: no host sync inside the micro-steps
             (scaler.scale(loss) if scaler else loss).backward()
-        stats = torch.stack([loss_accum, torch.tensor(0.0, device=device)])  # loss and the stop vote
+        stats = torch.stack([loss_accum, torch.tensor(0.0, device=device)])  # loss and stop vote, built as there
         if scaler:
             scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), GRAD_CLIP)
-        train_loss, _, norm = torch.stack([stats[0], stats[1], norm.float()]).tolist()  # the step's one sync
-        if math.isfinite(train_loss):  # a non-finite loss must not reach the weights
+        train_loss, _, norm = torch.stack([stats[0], stats[1], norm.float()]).tolist()  # host sync: read the loss
+        # a non-finite loss or gradient must not reach the weights (with fp16 the GradScaler skips inf gradients)
+        if math.isfinite(train_loss) and (scaler is not None or math.isfinite(norm)):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             scaler.step(optimizer) if scaler else optimizer.step()
@@ -293,8 +292,8 @@ def warm_up(step, n, device_type):
 
 
 def time_steps(step, n, device_type):
-    """Seconds for each of n steps. A step ends in a host sync (train_gpt2.py's .tolist() and synchronize), and
-    we synchronize around each one as well, so every interval covers the GPU work of exactly that step."""
+    """Seconds for each of n steps. A step ends in torch.cuda.synchronize (as train_gpt2.py's does), and we
+    synchronize around each one as well, so every interval covers the GPU work of exactly that step."""
     times = []
     synchronize(device_type)
     for _ in range(n):
