@@ -17,6 +17,7 @@ import time
 
 import torch
 
+import fineweb
 import hellaswag
 from model import GPT, GPTConfig
 
@@ -39,19 +40,39 @@ def synthetic_examples(n, seed=0, ctx_words=(10, 90), ending_words=(5, 40)):
     return examples
 
 
-def time_evaluate(model, examples, device, batch_size, autocast_dtype):
+def score_batched(model, examples, device, batch_size, autocast_dtype):
+    return hellaswag.score_examples(model, examples, device, batch_size, autocast_dtype)
+
+
+def score_one_per_forward(model, examples, device, batch_size, autocast_dtype):
+    """The reference scripts' way: each example's rows (4 endings x 2 conventions) in a forward pass of their own."""
+    return [hellaswag.score_examples(model, [example], device, 1, autocast_dtype)[0] for example in examples]
+
+
+def examples_per_second(score, model, examples, device, batch_size, autocast_dtype):
+    """(examples/s, predictions) of one full scoring run, tokenization included."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    hellaswag.evaluate(model, examples, device, batch_size=batch_size, autocast_dtype=autocast_dtype)
+    results = score(model, examples, device, batch_size, autocast_dtype)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
-    return len(examples) / (time.perf_counter() - start)
+    predictions = [(r["pred"], r["pred_norm"], r["harness_pred"], r["harness_pred_norm"]) for r in results]
+    return len(examples) / (time.perf_counter() - start), predictions
 
 
-def predictions(model, examples, device, batch_size, autocast_dtype):
-    results = hellaswag.score_examples(model, examples, device, batch_size, autocast_dtype)
-    return [(r["pred"], r["pred_norm"], r["harness_pred"], r["harness_pred_norm"]) for r in results]
+def padding_overhead(examples, block_size, batch_size):
+    """Tokens the forward passes process / real tokens, for batches formed the way hellaswag.py forms them
+    (batch_size None: one example per forward pass)."""
+    enc = fineweb.get_tokenizer()
+    rendered = [hellaswag.render_rows(example, enc, block_size) for example in examples]
+    if batch_size is None:
+        batches = [[len(inputs) for inputs, _, _ in completion + harness] for completion, harness in rendered]
+    else:
+        rows = [row for completion, harness in rendered for row in completion + harness]
+        batches = [[len(rows[i][0]) for i in batch]
+                   for batch in hellaswag.length_sorted_batches(rows, batch_size * 8)]
+    return sum(max(lengths) * len(lengths) for lengths in batches) / sum(sum(lengths) for lengths in batches)
 
 
 def main(argv=None):
@@ -86,14 +107,20 @@ def main(argv=None):
     autocast_dtype = hellaswag.DTYPES[args.dtype]
     print(f"model: {config} ({model.num_params() / 1e6:.1f}M params), device {args.device}, dtype {args.dtype}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"data: {data}, {len(examples)} examples per run")
+    overheads = [padding_overhead(examples, config.block_size, size) for size in (args.batch_size, None)]
+    print(f"data: {data}, {len(examples)} examples per run; tokens processed / real tokens: "
+          f"{overheads[0]:.2f} batched, {overheads[1]:.2f} one per forward")
 
-    same = predictions(model, examples, args.device, args.batch_size, autocast_dtype) == \
-        predictions(model, examples, args.device, 1, autocast_dtype)  # also the warm-up
-    batched, single = [], []
-    for _ in range(args.repeats):  # A B A B ...: drift on a shared machine hits both modes alike
-        batched.append(time_evaluate(model, examples, args.device, args.batch_size, autocast_dtype))
-        single.append(time_evaluate(model, examples, args.device, 1, autocast_dtype))
+    runs = {score_batched: [], score_one_per_forward: []}
+    predictions = {}
+    for repeat in range(args.repeats + 1):  # A B A B ...: drift on a shared machine hits both modes alike
+        for score, speeds in runs.items():
+            speed, predictions[score] = examples_per_second(score, model, examples, args.device, args.batch_size,
+                                                            autocast_dtype)
+            if repeat > 0:  # the first round is the warm-up
+                speeds.append(speed)
+    batched, single = runs[score_batched], runs[score_one_per_forward]
+    same = predictions[score_batched] == predictions[score_one_per_forward]
     batched_median, single_median = statistics.median(batched), statistics.median(single)
     print(f"batched ({args.batch_size} examples/forward): " + " ".join(f"{x:.1f}" for x in batched) + " ex/s")
     print("one example/forward:          " + " ".join(f"{x:.1f}" for x in single) + " ex/s")

@@ -241,41 +241,48 @@ def argmax(values):
     return max(range(len(values)), key=lambda i: (values[i], -i))  # ties go to the first, like torch.argmax
 
 
+def render_rows(example, enc, block_size):
+    """The example's scoring rows: (completion-style rows, harness-style rows), one per ending each."""
+    completion = [fit_row(c, e, block_size) for c, e in render_example(example, enc)]
+    harness = [fit_row(c, e, block_size) for c, e in render_harness_example(example, enc)]
+    return completion, harness
+
+
+def length_sorted_batches(rows, rows_per_batch):
+    """Row indices in batches, longest first: rows of similar length share a batch, so there is little padding
+    (less than batching whole examples, whose 8 rows differ in length), and running out of memory happens on
+    the first batch rather than at the end."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    return [order[start:start + rows_per_batch] for start in range(0, len(order), rows_per_batch)]
+
+
 @torch.no_grad()
 def score_examples(model, examples, device, batch_size=16, autocast_dtype=None, progress=False):
     """Per-example scores and predictions in both conventions, in the order of `examples`.
-    batch_size examples (2 x 4 rows each) share a forward pass; examples are sorted by length first so each
-    batch pads little. Batched scores equal one-example-at-a-time scores up to float rounding."""
+    A forward pass holds as many rows as batch_size examples have (8 for HellaSwag: 4 endings x 2 conventions),
+    taken from all examples in order of length. Batched scores equal one-example-at-a-time scores up to float
+    rounding, and the predictions are the same."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if model.config.vocab_size < GPT2_VOCAB_SIZE:
         raise ValueError(f"the model's vocab_size {model.config.vocab_size} is smaller than GPT-2's "
                          f"{GPT2_VOCAB_SIZE}; HellaSwag is tokenized with the GPT-2 tokenizer")
     enc = fineweb.get_tokenizer()
-    block_size = model.config.block_size
-    rendered = []
-    for example in examples:
-        completion = [fit_row(c, e, block_size) for c, e in render_example(example, enc)]
-        harness = [fit_row(c, e, block_size) for c, e in render_harness_example(example, enc)]
-        rendered.append((completion, harness))
-    # longest first: similar lengths share a batch, and running out of memory happens on the first batch
-    longest_row = [max(len(inputs) for inputs, _, _ in completion + harness) for completion, harness in rendered]
-    order = sorted(range(len(examples)), key=lambda i: -longest_row[i])
-    results = [None] * len(examples)
-    with tqdm(total=len(examples), desc="hellaswag", unit="ex", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            rows = [row for i in batch for row in rendered[i][0] + rendered[i][1]]
-            logprob_sums = score_rows(model, rows, device, autocast_dtype)
-            offset = 0
-            for i in batch:
-                completion, harness = rendered[i]
-                logprob = logprob_sums[offset:offset + len(completion)]
-                offset += len(completion)
-                harness_logprob = logprob_sums[offset:offset + len(harness)]
-                offset += len(harness)
-                results[i] = make_result(examples[i], completion, logprob, harness_logprob)
+    rendered = [render_rows(example, enc, model.config.block_size) for example in examples]
+    rows = [row for completion, harness in rendered for row in completion + harness]
+    rows_per_example = max(len(completion) + len(harness) for completion, harness in rendered)
+    logprob_sums = [None] * len(rows)
+    with tqdm(total=len(rows), desc="hellaswag", unit="row", disable=not progress) as bar:
+        for batch in length_sorted_batches(rows, batch_size * rows_per_example):
+            for i, logprob_sum in zip(batch, score_rows(model, [rows[i] for i in batch], device, autocast_dtype)):
+                logprob_sums[i] = logprob_sum
             bar.update(len(batch))
+    results, offset = [], 0
+    for example, (completion, harness) in zip(examples, rendered):
+        logprob = logprob_sums[offset:offset + len(completion)]
+        harness_logprob = logprob_sums[offset + len(completion):offset + len(completion) + len(harness)]
+        offset += len(completion) + len(harness)
+        results.append(make_result(example, completion, logprob, harness_logprob))
     return results
 
 

@@ -214,8 +214,8 @@ def test_scores_equal_the_brute_force_reference_in_both_styles(reference):
 
 def test_batched_equals_one_example_per_forward():
     model = tiny_model()
-    one_by_one = hellaswag.score_examples(model, FIXTURE, "cpu", batch_size=1)
-    for batch_size in (3, 64):  # uneven batches of mixed lengths, then all 7 examples in one forward pass
+    one_by_one = [hellaswag.score_examples(model, [ex], "cpu")[0] for ex in FIXTURE]  # 8 rows per forward
+    for batch_size in (3, 64):  # 24 rows per forward (the last batch shorter), then all 56 rows in one
         batched = hellaswag.score_examples(model, FIXTURE, "cpu", batch_size=batch_size)
         for a, b in zip(one_by_one, batched):
             assert [a[k] for k in ("pred", "pred_norm", "harness_pred", "harness_pred_norm")] == \
