@@ -60,9 +60,8 @@ def parse_args(argv=None):
     add("--data-dir", default="edu_fineweb10B", help="directory of *train*/*val* shards (.npy or llm.c .bin)")
     add("--log-dir", default="log", help="log.txt and checkpoints go here")
     add("--model", default="gpt2", choices=list(PRESETS), help="GPT-2 size")
-    add("--n-layer", type=int, default=None, help="override the --model preset (None: the preset's)")
-    add("--n-head", type=int, default=None, help="override the --model preset (None: the preset's)")
-    add("--n-embd", type=int, default=None, help="override the --model preset (None: the preset's)")
+    for flag in ("--n-layer", "--n-head", "--n-embd"):
+        add(flag, type=int, default=None, help="overrides the --model preset (None: the preset's)")
     add("--vocab-size", type=int, default=50304, help="GPT-2's 50257 padded to a multiple of 128, for speed")
     add("--batch-size", type=int, default=64, help="micro-batch rows per GPU (B)")
     add("--seq-len", type=int, default=1024, help="tokens per row (T)")
@@ -80,12 +79,10 @@ def parse_args(argv=None):
     add("--hellaswag-every", type=int, default=250, help="steps between HellaSwag evaluations (0: never)")
     add("--sample-every", type=int, default=250, help="steps between printed samples (0: never)")
     add("--sample-tokens", type=int, default=32, help="new tokens per sample")
-    add("--checkpoint-every", type=int, default=5000, help="steps between checkpoints; one is also written at "
-        "the end (0: never)")
+    add("--checkpoint-every", type=int, default=5000, help="steps between checkpoints, plus one at the end (0: never)")
     add("--keep-checkpoints", type=int, default=0, help="keep only the newest K checkpoints (0: keep all)")
     add("--resume", default="auto", help="'auto': the newest checkpoint in --log-dir, if any; a path; or 'none'")
-    add("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model "
-        "(None: on for CUDA)")
+    add("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (None: on CUDA only)")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="autocast dtype (auto: bf16 on "
         "CUDA where supported, else fp16 with a GradScaler; fp32 on CPU and MPS)")
@@ -513,6 +510,12 @@ def main(argv=None):
         start_step, bad_streak = checkpoint["step"], checkpoint["bad_steps"]
         recent_losses.extend(checkpoint["recent_losses"])
         resumed_evals_done = checkpoint["evals_done"]
+    if ddp:  # a rank that found no checkpoint would start over alone: all nodes must share the log dir
+        steps = torch.tensor([start_step, -start_step], device=device)
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+        if steps[0] != -steps[1]:
+            raise FatalError(f"ranks resume from different steps ({-steps[1]} to {steps[0]}): --log-dir must be "
+                             f"one directory shared by all nodes")
     log_file = os.path.join(args.log_dir, "log.txt")
     if master:
         os.makedirs(args.log_dir, exist_ok=True)
@@ -532,16 +535,13 @@ def main(argv=None):
 
     # periodic work: which of it can run here
     vocab_ok = config.vocab_size >= 50257  # the GPT-2 tokenizer's ids must fit the embedding
-    hellaswag_examples = None
-    if args.hellaswag_every and vocab_ok:
-        hellaswag_examples = load_hellaswag(rank, world_size, device)
+    hellaswag_examples = load_hellaswag(rank, world_size, device) if args.hellaswag_every and vocab_ok else None
     enc = None
     if args.sample_every and vocab_ok and master:
         import fineweb
         enc = fineweb.get_tokenizer()
     if master and not vocab_ok and (args.hellaswag_every or args.sample_every):
-        print(f"warning: no HellaSwag or samples: vocab size {config.vocab_size} cannot hold GPT-2 tokens",
-              file=sys.stderr)
+        print(f"warning: vocab {config.vocab_size} cannot hold GPT-2 tokens: no HellaSwag, no samples", file=sys.stderr)
     flops_per_tok = flops_per_token(config, T)
     device_name = torch.cuda.get_device_name(device) if device_type == "cuda" else device_type
 
@@ -632,7 +632,7 @@ def main(argv=None):
                 loss_accum += loss.detach()
                 (scaler.scale(loss) if scaler else loss).backward()
         # one all-reduce carries the loss and whether any rank was asked to stop
-        stats = torch.stack([loss_accum, torch.tensor(float(bool(signals_received)), device=device)])
+        stats = torch.stack([loss_accum, torch.full_like(loss_accum, float(bool(signals_received)))])  # no H2D copy
         if ddp:
             dist.all_reduce(stats)
         if scaler:

@@ -130,6 +130,14 @@ def test_loss_falls_and_log_has_the_reference_format(reference):
     assert sorted(os.listdir(reference["log_dir"])) == ["log.txt", "model_00004.pt", "model_00008.pt", "model_00012.pt"]
 
 
+def test_epochs_set_the_number_of_steps(tmp_path, data_dir):
+    log_dir = str(tmp_path)
+    result = run(["--data-dir", data_dir, "--log-dir", log_dir] + TINY + ["--epochs", "1", "--batch-size", "8",
+                 "--total-batch-size", "2048", "--eval-every", "0", "--checkpoint-every", "0"])
+    assert "8 x 32 x 1 ranks x 8 accumulation steps; 10 steps;" in result.stdout  # 655 windows // 64 per step
+    assert sorted(read_log(log_dir)["train"]) == list(range(10))
+
+
 def test_checkpoint_contents_load_with_weights_only(reference):
     path = os.path.join(reference["log_dir"], "model_00008.pt")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -230,7 +238,8 @@ def assert_no_truncated_files(log_dir):
 
 def test_sigkill_at_random_moments_then_resume(tmp_path, data_dir, reference):
     log_dir = str(tmp_path)
-    args = ["--data-dir", data_dir, "--log-dir", log_dir] + TINY + ["--checkpoint-every", "2"]
+    args = ["--data-dir", data_dir, "--log-dir", log_dir] + TINY + ["--checkpoint-every", "2",
+                                                                    "--keep-checkpoints", "2"]
     slow = {"TRAIN_GPT2_TEST_STEP_SLEEP": "0.05"}
     # killed in the middle of writing its first checkpoint: the temporary file exists, the final name does not
     proc = start(args, {**slow, "TRAIN_GPT2_TEST_CHECKPOINT_SLEEP": "60"})
@@ -254,7 +263,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, data_dir, reference):
     assert not any(n.endswith(".tmp") for n in os.listdir(log_dir))
     assert read_log(log_dir)["train"] == reference["log"]["train"]
     assert same_weights(os.path.join(log_dir, "model_00012.pt"), os.path.join(reference["log_dir"], "model_00012.pt"))
-    assert "resuming from" in result.stdout or "starting from scratch" in result.stdout
+    assert "resuming from" in result.stdout and find_steps(log_dir) == [10, 12]  # --keep-checkpoints 2
 
 
 def test_torchrun_restarts_a_killed_rank_and_finishes_identically(tmp_path, data_dir, ddp_reference):
@@ -434,7 +443,7 @@ def test_a_step_sees_the_same_windows_for_any_world_size(data_dir):
     one = [loader(data_dir)]
     two = [loader(data_dir, rank, 2) for rank in range(2)]
     four = [loader(data_dir, rank, 4) for rank in range(4)]
-    for _ in range(30):  # 30 steps of 16 windows: more than an epoch (636 windows), so it crosses shards and epochs
+    for _ in range(50):  # 50 steps of 16 windows: more than an epoch (655 windows), crossing shards and epochs
         expected = step_windows(one, 4)
         assert step_windows(two, 2) == expected and step_windows(four, 1) == expected
 
