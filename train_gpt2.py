@@ -120,9 +120,8 @@ def check_args(args, config, world_size):
     for name in positive:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise FatalError(f"{flag(name)} must be positive, got {getattr(args, name)}")
-    for name in ["warmup_steps", "epochs", "eval_every", "val_tokens", "hellaswag_every", "sample_every",
-                 "checkpoint_every", "keep_checkpoints", "max_bad_steps", "weight_decay", "grad_clip", "min_lr",
-                 "skip_spikes"]:
+    for name in ["warmup_steps", "epochs", "eval_every", "val_tokens", "hellaswag_every", "sample_every", "min_lr",
+                 "checkpoint_every", "keep_checkpoints", "max_bad_steps", "weight_decay", "grad_clip", "skip_spikes"]:
         if getattr(args, name) < 0:
             raise FatalError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
     if config.n_embd % config.n_head:
@@ -349,8 +348,10 @@ def load_resume_checkpoint(path, config):
     """A training checkpoint for this model, read without executing any pickled code (weights_only=True)."""
     try:
         checkpoint = load_checkpoint(path)
-    except (ValueError, FileNotFoundError) as e:
-        raise FatalError(f"{e}; delete it to resume from an earlier checkpoint, or pass --resume") from None
+    except FileNotFoundError as e:
+        raise FatalError(f"{e}: pass --resume auto, none, or the path of a checkpoint") from None
+    except ValueError as e:
+        raise FatalError(f"{e}; delete it (--resume auto then takes the one before) or pass another --resume") from None
     if checkpoint["config"] != dataclasses.asdict(config):
         diff = ", ".join(f"{k} {v} vs {getattr(config, k, None)}" for k, v in checkpoint["config"].items()
                          if getattr(config, k, None) != v)
@@ -464,6 +465,9 @@ def main(argv=None):
     B, T = args.batch_size, args.seq_len
     grad_accum_steps = args.total_batch_size // (B * T * world_size)
     windows_per_step = args.total_batch_size // T
+    device = pick_device(args.device, local_rank, ddp)
+    device_type = device.split(":")[0]
+    dtype = pick_dtype(args.dtype, device_type)
 
     # data and the checkpoint to resume from are checked first, so that they fail before the process group forms
     train_loader = ShardLoader(args.data_dir, "train", B, T, rank, world_size, args.seed, shuffle=True)
@@ -483,9 +487,6 @@ def main(argv=None):
     if checkpoint:
         train_loader.load_state_dict(checkpoint["loader"])
 
-    device = pick_device(args.device, local_rank, ddp)
-    device_type = device.split(":")[0]
-    dtype = pick_dtype(args.dtype, device_type)
     if ddp:
         init_process_group("nccl" if device_type == "cuda" else "gloo", rank, world_size)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
@@ -510,11 +511,13 @@ def main(argv=None):
         start_step, bad_streak = checkpoint["step"], checkpoint["bad_steps"]
         recent_losses.extend(checkpoint["recent_losses"])
         resumed_evals_done = checkpoint["evals_done"]
+        del checkpoint  # its copy of the weights and optimizer state is not needed any more
     if ddp:  # a rank that found no checkpoint would start over alone: all nodes must share the log dir
         steps = torch.tensor([start_step, -start_step], device=device)
         dist.all_reduce(steps, op=dist.ReduceOp.MAX)
-        if steps[0] != -steps[1]:
-            raise FatalError(f"ranks resume from different steps ({-steps[1]} to {steps[0]}): --log-dir must be "
+        latest, minus_earliest = steps.tolist()
+        if latest != -minus_earliest:
+            raise FatalError(f"ranks resume from different steps ({-minus_earliest} to {latest}): --log-dir must be "
                              f"one directory shared by all nodes")
     log_file = os.path.join(args.log_dir, "log.txt")
     if master:
@@ -528,8 +531,7 @@ def main(argv=None):
     # compile for training and val (fixed shapes); HellaSwag and sampling have varying shapes and use
     # raw_model, which shares the parameters, so nothing recompiles and nothing breaks
     use_compile = args.compile if args.compile is not None else device_type == "cuda"
-    model = torch.compile(raw_model) if use_compile else raw_model
-    eval_model = model
+    eval_model = model = torch.compile(raw_model) if use_compile else raw_model
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
@@ -587,7 +589,6 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # the loop: at the top of iteration `step`, the weights have had `step` updates
     for step in range(start_step, args.max_steps + 1):
-        last_step = step == args.max_steps
         val_loss = None
         if step > start_step or not resumed_evals_done:  # a resumed checkpoint's step was evaluated before it was saved
             if due(args.eval_every, step, args.max_steps):
@@ -608,7 +609,7 @@ def main(argv=None):
                 print_samples(raw_model, enc, step, args.seed, device, autocast, args.sample_tokens)
         if step > start_step and due(args.checkpoint_every, step, args.max_steps):
             write_checkpoint(step, val_loss, evals_done=True)
-        if last_step:
+        if step == args.max_steps:
             break
 
         # one optimizer step over total_batch_size tokens: grad_accum_steps micro-batches per rank
