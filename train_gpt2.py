@@ -49,8 +49,8 @@ from model import GPT, PRESETS, GPTConfig, estimate_mfu, flops_per_token, format
 
 # --demo: a small model on the `python fineweb.py --demo` shards (Python's stdlib source); flags still override
 DEMO_PRESET = dict(data_dir="demo_shards", log_dir="log/demo", n_layer=4, n_head=4, n_embd=64, batch_size=8,
-                   seq_len=64, total_batch_size=512, max_lr=3e-3, min_lr=3e-4, warmup_steps=20, max_steps=200,
-                   eval_every=50, val_tokens=8192, hellaswag_every=0, sample_every=100, checkpoint_every=200)
+                   seq_len=64, total_batch_size=512, max_lr=3e-3, min_lr=3e-4, warmup_steps=20, max_steps=150,
+                   eval_every=50, val_tokens=8192, hellaswag_every=0, sample_every=50, checkpoint_every=150)
 
 
 def parse_args(argv=None):
