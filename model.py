@@ -196,23 +196,28 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
-        """Continue idx (B, T) by max_new_tokens tokens. temperature 0 means greedy.
+        """Continue idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens). temperature 0 means greedy."""
+        new_tokens = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, generator))
+        return torch.cat([idx] + new_tokens, dim=1)
+
+    @torch.no_grad()
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Yield each new token (B, 1) as soon as it is sampled, for streaming; generate() collects them.
         Uses a KV cache while the sequence fits in block_size; past that, each step re-runs the last
         block_size tokens (learned positions cannot slide), exactly as a cropped full recompute would."""
         block_size = self.config.block_size
-        cache_len = min(block_size, idx.size(1) + max_new_tokens)
-        kv_cache = KVCache(self.config, cache_len)
+        kv_cache = KVCache(self.config, min(block_size, idx.size(1) + max_new_tokens))
         logits, _ = self(idx[:, -block_size:], kv_cache=kv_cache, last_only=True)
         for i in range(max_new_tokens):
             next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-            idx = torch.cat((idx, next_token), dim=1)
+            yield next_token
             if i == max_new_tokens - 1:
                 break
+            idx = torch.cat((idx, next_token), dim=1)
             if kv_cache.pos < block_size:
                 logits, _ = self(next_token, kv_cache=kv_cache, last_only=True)
             else:
                 logits, _ = self(idx[:, -block_size:], last_only=True)
-        return idx
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
@@ -238,9 +243,9 @@ class GPT(nn.Module):
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """logits (B, V) -> next token ids (B, 1), with temperature, top-k and nucleus (top-p) filtering."""
-    logits = logits.float()
-    if logits.size(-1) > GPT2_VOCAB_SIZE:
-        logits[:, GPT2_VOCAB_SIZE:] = -float("inf")  # padded rows are not tokens; never emit them
+    # the padded rows (50257..50303) are not tokens: drop them, so a checkpoint and its Hugging Face export
+    # draw the same tokens from the same generator
+    logits = logits[:, :GPT2_VOCAB_SIZE].float()
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature

@@ -20,7 +20,7 @@ import sys
 import torch
 
 from fineweb import get_tokenizer  # the repo's one GPT-2 tokenizer, offline-capable
-from model import GPT, GPT2_VOCAB_SIZE, KVCache, sample_next_token
+from model import GPT, GPT2_VOCAB_SIZE
 
 EOT = 50256  # <|endoftext|>, which precedes every document in training
 
@@ -63,26 +63,6 @@ def load_model(checkpoint, model_name, device):
 def encode_prompt(enc, prompt):
     """Prompt -> token ids. '<|endoftext|>' in the prompt is the special token; an empty prompt is just that."""
     return enc.encode(prompt, allowed_special={"<|endoftext|>"}) if prompt else [EOT]
-
-
-@torch.no_grad()
-def stream_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """GPT.generate one token at a time: yields each new token (B, 1) as soon as it is sampled.
-    The same KV cache, the same forward calls and the same sampling calls in the same order as
-    model.GPT.generate, so with an equally seeded generator the tokens are exactly generate's."""
-    block_size = model.config.block_size
-    kv_cache = KVCache(model.config, min(block_size, idx.size(1) + max_new_tokens))
-    logits, _ = model(idx[:, -block_size:], kv_cache=kv_cache, last_only=True)
-    for i in range(max_new_tokens):
-        next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-        yield next_token
-        idx = torch.cat((idx, next_token), dim=1)
-        if i == max_new_tokens - 1:
-            break
-        if kv_cache.pos < block_size:
-            logits, _ = model(next_token, kv_cache=kv_cache, last_only=True)
-        else:  # the cache is full: learned positions cannot slide, so re-run the last block_size tokens
-            logits, _ = model(idx[:, -block_size:], last_only=True)
 
 
 def stream_text(enc, tokens):
@@ -148,7 +128,7 @@ def main(argv=None):
     with autocast_context(device):
         if args.num_samples == 1 and not args.no_stream:
             sys.stdout.write(shown_prompt)
-            new_tokens = (token.item() for token in stream_tokens(model, idx, args.max_new_tokens, **sampling))
+            new_tokens = (token.item() for token in model.generate_tokens(idx, args.max_new_tokens, **sampling))
             for piece in stream_text(enc, new_tokens):
                 sys.stdout.write(piece)
                 sys.stdout.flush()

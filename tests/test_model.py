@@ -264,3 +264,13 @@ def test_unsafe_or_corrupt_checkpoint_is_rejected(tmp_path):
         load_checkpoint(str(truncated))
     with pytest.raises(FileNotFoundError):
         load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_generate_tokens_streams_exactly_what_generate_returns():
+    model = tiny_model()
+    idx = torch.randint(0, 101, (2, 10))
+    sampling = dict(temperature=0.9, top_k=30, top_p=0.95)
+    expected = model.generate(idx, 60, generator=torch.Generator().manual_seed(7), **sampling)
+    streamed = list(model.generate_tokens(idx, 60, generator=torch.Generator().manual_seed(7), **sampling))
+    assert len(streamed) == 60 and all(token.shape == (2, 1) for token in streamed)
+    assert torch.equal(torch.cat([idx] + streamed, dim=1), expected)  # 10 + 60 > 64: cache and cropped re-runs
