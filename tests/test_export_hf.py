@@ -162,3 +162,12 @@ def test_state_dict_conversion_checks():
     small = GPT(GPTConfig(**{**TINY, "vocab_size": 101})).state_dict()
     with pytest.raises(ValueError, match="smaller than GPT-2's 50257"):
         to_hf_state_dict(small)
+
+
+def test_checkpoint_and_its_export_sample_the_same_text_for_a_seed(exported):
+    _, checkpoint, out_dir = exported
+    args = ["--prompt", "Once upon a time", "--num-samples", "3", "--max-new-tokens", "12", "--top-k", "50",
+            "--seed", "42", "--device", "cpu"]
+    ours, theirs = run_script("sample.py", "-c", checkpoint, *args), run_script("sample.py", "-m", out_dir, *args)
+    assert ours.returncode == 0 and theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert ours.stdout == theirs.stdout  # the 50304-row checkpoint and the 50257-row export draw the same tokens
