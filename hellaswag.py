@@ -348,8 +348,9 @@ def parse_args(argv=None):
     parser.add_argument("--cache-dir", default=default_cache_dir(),
                         help="where downloaded splits are kept ($HELLASWAG_CACHE, else hellaswag/ beside this file)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
-    parser.add_argument("--batch-size", type=int, default=16,
-                        help="examples per forward pass (each is 8 rows: 4 endings x 2 conventions)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="examples' worth of rows per forward pass (8 rows each: 4 endings x 2 conventions); "
+                        "None: 16 on CUDA, 1 elsewhere (on CPU, big batches are slower: see bench_hellaswag.py)")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps, ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="autocast dtype; auto is bf16 on CUDA and fp32 elsewhere")
@@ -360,7 +361,7 @@ def parse_args(argv=None):
 def check_args(args):
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
@@ -411,6 +412,7 @@ def main(argv=None):
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     try:
         dtype = resolve_dtype(args.dtype, device)
+        batch_size = args.batch_size or (16 if torch.device(device).type == "cuda" else 1)
         if ddp and rank != 0:
             dist.barrier()  # rank 0 downloads first; the others then read its cache
         examples = load_examples(args.split, args.cache_dir, args.data_file, args.limit)
@@ -422,17 +424,16 @@ def main(argv=None):
         else:
             model = GPT.from_checkpoint(args.checkpoint, device)
         start = time.time()
-        results = evaluate(model, examples, device, args.batch_size, DTYPES[dtype], rank, world_size,
-                           progress=rank == 0)
+        results = evaluate(model, examples, device, batch_size, DTYPES[dtype], rank, world_size, progress=rank == 0)
         seconds = time.time() - start
         if rank == 0:
-            report(results, args, dtype, device, world_size, seconds)
+            report(results, args, dtype, device, world_size, batch_size, seconds)
     finally:
         if ddp:
             dist.destroy_process_group()
 
 
-def report(results, args, dtype, device, world_size, seconds):
+def report(results, args, dtype, device, world_size, batch_size, seconds):
     print(f"completion style (build-nanogpt/llm.c; GPT-2 124M gets 0.2859 / 0.2955):  "
           f"acc {results['acc']:.4f}  acc_norm {results['acc_norm']:.4f}")
     print(f"harness style (lm-evaluation-harness; GPT-2 124M gets 0.2892 / 0.3114):   "
@@ -442,7 +443,7 @@ def report(results, args, dtype, device, world_size, seconds):
     if args.out:
         write_json_atomic(args.out, dict(
             **results, model=args.model or args.checkpoint, data=args.data_file or args.split, dtype=dtype,
-            device=device, world_size=world_size, batch_size=args.batch_size, seconds=round(seconds, 3)))
+            device=device, world_size=world_size, batch_size=batch_size, seconds=round(seconds, 3)))
 
 
 if __name__ == "__main__":

@@ -377,7 +377,7 @@ def test_cli_checkpoint_prints_and_writes_the_results(tmp_path, reference):
     assert "completion style" in result.stdout and "harness style" in result.stdout
     saved = json.loads(out.read_text())
     assert {k: saved[k] for k in expected} == expected
-    assert saved["model"] == checkpoint and saved["dtype"] == "fp32" and saved["seconds"] >= 0
+    assert saved["model"] == checkpoint and saved["dtype"] == "fp32" and saved["batch_size"] == 3
 
 
 def test_cli_hugging_face_directory_matches_transformers(tmp_path, enc, capsys):
@@ -395,6 +395,7 @@ def test_cli_hugging_face_directory_matches_transformers(tmp_path, enc, capsys):
     saved = json.loads((tmp_path / "r.json").read_text())
     expected = accuracies(reference, FIXTURE[:4])
     assert {k: saved[k] for k in expected} == expected
+    assert saved["batch_size"] == 1  # the default off CUDA
 
 
 @pytest.mark.slow
@@ -447,7 +448,7 @@ def test_help_shows_the_defaults(capsys):
         hellaswag.parse_args(["--help"])
     assert exit_info.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
-    assert "examples per forward pass (each is 8 rows: 4 endings x 2 conventions) (default: 16)" in help_text
+    assert "None: 16 on CUDA, 1 elsewhere" in help_text and "(default: None)" in help_text
     assert "--split {train,val,test}" in help_text and "(default: val)" in help_text
 
 
