@@ -253,7 +253,7 @@ def make_train_step(args, compile=None, fused=None, attention="flash", batches=N
             loss = loss / grad_accum_steps  # the gradients sum over micro-steps: make that their mean
             loss_accum += loss.detach()  # stays on the device: no host sync inside the micro-steps
             (scaler.scale(loss) if scaler else loss).backward()
-        stats = torch.stack([loss_accum, torch.tensor(0.0, device=device)])  # loss and stop vote, built as there
+        stats = torch.stack([loss_accum, torch.full_like(loss_accum, 0.0)])  # loss and stop vote, built as there
         if scaler:
             scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), GRAD_CLIP)
