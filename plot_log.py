@@ -139,11 +139,21 @@ def add_tokens_axis(ax, tokens_per_step):
     tokens.set_xlabel(f"tokens ({human_count(tokens_per_step)} per step)")
 
 
+def loss_after_warmup(streams, smooth):
+    """The (smoothed) train loss 10% of the way into the run, a little raised: a good top for the loss axis."""
+    losses = list(streams.get("train", {}).values())
+    if not losses:
+        return 0.0
+    smoothed = ema(losses, smooth) if smooth else losses
+    value = smoothed[len(smoothed) // 10]
+    return 1.1 * value if math.isfinite(value) else 0.0
+
+
 def make_figure(runs, sz="124M", smooth=0.95, tokens_per_step=524288, loss_max=4.0, loss_baseline=None):
     """runs: [(label, streams)] as read_log returns them -> a matplotlib Figure with the two panels.
     loss_baseline overrides GPT-2's val loss line for the size (None: the known value, if any)."""
     fig = Figure(figsize=(16, 6), layout="constrained")
-    loss_ax, hella_ax = fig.subplots(1, 2)
+    loss_ax, hella_ax = fig.subplots(1, 2, sharex=True)  # one step axis: evals line up with the loss
     colors = [f"C{i}" for i in range(10) if i not in (2, 3)]  # red and green are kept for the baselines
 
     # panel 1: train loss (raw and smoothed) and val loss, log scale, with OpenAI GPT-2's val loss
@@ -158,7 +168,7 @@ def make_figure(runs, sz="124M", smooth=0.95, tokens_per_step=524288, loss_max=4
             if smooth:
                 loss_ax.plot(steps, ema(losses, smooth), color=color, linewidth=1.5,
                              label=f"{label} train loss (smoothed {smooth})")
-            all_losses += losses
+            all_losses += ema(losses, smooth) if smooth else losses
         if val:
             loss_ax.plot(list(val), list(val.values()), color=color, linestyle="--", marker="o", markersize=3,
                          label=f"{label} val loss")
@@ -175,8 +185,10 @@ def make_figure(runs, sz="124M", smooth=0.95, tokens_per_step=524288, loss_max=4
     for axis_ticks in (loss_ax.yaxis.set_major_formatter, loss_ax.yaxis.set_minor_formatter):
         axis_ticks(FuncFormatter(lambda y, _pos: f"{y:g}"))  # 3.5, not 3.5x10^0
     finite_losses = [x for x in all_losses if math.isfinite(x) and x > 0]
+    # zoom in on the part of training that matters, as build-nanogpt does with 4.0; but a short run that is still
+    # above loss_max 10% of the way in would vanish off the top, so the axis then starts from that loss
     if loss_max and finite_losses and min(finite_losses) < loss_max:
-        loss_ax.set_ylim(top=loss_max)  # zoom in on the part of training that matters (build-nanogpt does too)
+        loss_ax.set_ylim(top=max([loss_max] + [loss_after_warmup(streams, smooth) for _, streams in runs]))
     loss_ax.set_xlabel("steps")
     loss_ax.set_ylabel("loss")
     loss_ax.set_title("Loss")
@@ -248,7 +260,8 @@ def parse_args(argv=None):
     parser.add_argument("--tokens-per-step", type=int, default=524288,
                         help="tokens per optimizer step, for the tokens axis (2**19 = GPT-3's 0.5M batch)")
     parser.add_argument("--loss-max", type=float, default=4.0,
-                        help="top of the loss axis once the run is below it; 0 for automatic")
+                        help="top of the loss axis once the run is below it (raised for a run still above it 10%% of the "
+                             "way in); 0 for automatic")
     parser.add_argument("--loss-baseline", type=float, default=None,
                         help="GPT-2 val loss line to draw (default: the measured value for --sz, known for 124M)")
     args = parser.parse_args(argv)
