@@ -598,8 +598,8 @@ def main(argv=None):
                     append_log(log_file, f"{step} val {val_loss:.4f}")
             if hellaswag_examples and due(args.hellaswag_every, step, args.max_steps):
                 import hellaswag
-                result = hellaswag.evaluate(raw_model, hellaswag_examples, device, batch_size=B,
-                                            autocast_dtype=ptdtype, rank=rank, world_size=world_size)
+                result = hellaswag.evaluate(raw_model, hellaswag_examples, device, autocast_dtype=ptdtype, rank=rank,
+                                            world_size=world_size, batch_size=16 if device_type == "cuda" else 1)
                 if master:
                     print(f"step {step:5d} | hellaswag acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} "
                           f"harness acc {result['harness_acc']:.4f} acc_norm {result['harness_acc_norm']:.4f} "
