@@ -274,3 +274,19 @@ def test_generate_tokens_streams_exactly_what_generate_returns():
     streamed = list(model.generate_tokens(idx, 60, generator=torch.Generator().manual_seed(7), **sampling))
     assert len(streamed) == 60 and all(token.shape == (2, 1) for token in streamed)
     assert torch.equal(torch.cat([idx] + streamed, dim=1), expected)  # 10 + 60 > 64: cache and cropped re-runs
+
+
+def test_from_pretrained_reads_openais_key_layout(tmp_path):
+    """OpenAI's own files on the hub have no 'transformer.' prefix and carry the causal-mask buffers."""
+    hf_model = save_random_hf_gpt2(tmp_path)
+    from safetensors.torch import load_file, save_file
+    weights = {k.removeprefix("transformer."): v for k, v in load_file(tmp_path / "model.safetensors").items()}
+    for layer in range(2):
+        weights[f"h.{layer}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
+        weights[f"h.{layer}.attn.masked_bias"] = torch.tensor(-1e4)
+    weights.pop("lm_head.weight", None)
+    save_file(weights, tmp_path / "model.safetensors")
+    model = GPT.from_pretrained(str(tmp_path)).eval()
+    idx = torch.randint(0, 101, (2, 30))
+    with torch.no_grad():
+        assert (model(idx)[0] - hf_model(idx).logits).abs().max().item() <= 1e-4
