@@ -9,10 +9,9 @@ The GPT-2 model: one module, pre-LN transformer with learned position embeddings
 Also here, because several scripts need them: checkpoint state-dict cleaning, training FLOPs per token and MFU.
 """
 
+import dataclasses
 import json
-import math
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -24,7 +23,7 @@ GPT2_VOCAB_SIZE = 50257  # the real tokenizer size; training pads the embedding 
 # configuration
 
 
-@dataclass
+@dataclasses.dataclass
 class GPTConfig:
     block_size: int = 1024  # max sequence length
     vocab_size: int = GPT2_VOCAB_SIZE
@@ -221,10 +220,15 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu"):
-        """A model from one of train_gpt2.py's checkpoints (log/model_XXXXX.pt)."""
+        """A model from one of train_gpt2.py's checkpoints (log/model_XXXXX.pt), or from build-nanogpt's or
+        nanoGPT's (same module names; nanoGPT's must have bias=True, as GPT-2 has)."""
         checkpoint = load_checkpoint(path)
-        model = cls(GPTConfig(**checkpoint["config"]))
-        model.load_state_dict(checkpoint["model"])
+        model = cls(checkpoint_config(checkpoint))
+        state = {k: v for k, v in clean_state_dict(checkpoint["model"]).items() if not k.endswith(".attn.bias")}
+        if set(state) != set(model.state_dict()):
+            differ = sorted(set(state) ^ set(model.state_dict()))
+            raise ValueError(f"{path} does not hold a GPT-2 model: these weights differ from one: {differ[:5]}")
+        model.load_state_dict(state)
         return model.to(device)
 
     @classmethod
@@ -276,11 +280,31 @@ def clean_state_dict(state_dict):
     return cleaned
 
 
+# build-nanogpt pickles its GPTConfig dataclass (defined in the script it ran, so `__main__.GPTConfig`) into its
+# checkpoints. weights_only loading refuses unknown classes; this inert stand-in, allowed by name, receives the
+# fields as plain attributes and runs no code of the file's.
+PeerGPTConfig = type("GPTConfig", (), {"__module__": "__main__", "__doc__": "build-nanogpt's config, as data"})
+
+
+def checkpoint_config(checkpoint):
+    """GPTConfig from our checkpoints ('config' dict), build-nanogpt's ('config' object) or nanoGPT's
+    ('model_args' dict)."""
+    config = checkpoint.get("model_args") or checkpoint["config"]
+    config = vars(config) if isinstance(config, PeerGPTConfig) else config
+    if config.get("bias") is False:
+        raise ValueError("this nanoGPT checkpoint was trained with bias=False; GPT-2 has biases in every Linear")
+    fields = [field.name for field in dataclasses.fields(GPTConfig)]
+    if not isinstance(config, dict) or any(name not in config for name in fields):
+        raise ValueError(f"the checkpoint's config {config!r:.200} does not give all of {fields}")
+    return GPTConfig(**{name: config[name] for name in fields})
+
+
 def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint dict without executing pickled code (weights_only=True rejects anything but tensors
     and plain containers), with one clear error for a missing, truncated or unsafe file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    torch.serialization.add_safe_globals([PeerGPTConfig])
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)  # mmap: no 2nd copy in RAM
     except Exception as e:
@@ -364,10 +388,7 @@ PEAK_FLOPS = [
 
 def peak_flops(device_name):
     """Peak dense 16-bit FLOP/s for a CUDA device name, or None when we do not know the device."""
-    for key, flops in PEAK_FLOPS:
-        if key in device_name:
-            return flops
-    return None
+    return next((flops for key, flops in PEAK_FLOPS if key in device_name), None)
 
 
 def estimate_mfu(tokens_per_sec, flops_per_tok, device_name):

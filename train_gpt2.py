@@ -352,15 +352,15 @@ def load_resume_checkpoint(path, config):
         raise FatalError(f"{e}: pass --resume auto, none, or the path of a checkpoint") from None
     except ValueError as e:
         raise FatalError(f"{e}; delete it (--resume auto then takes the one before) or pass another --resume") from None
+    missing = {"optimizer", "loader", "rng", "step", "bad_steps", "recent_losses", "evals_done"} - checkpoint.keys()
+    if missing:
+        raise FatalError(f"{path} has weights but no training state ({', '.join(sorted(missing))}): it cannot be "
+                         f"resumed; start a new --log-dir")
     if checkpoint["config"] != dataclasses.asdict(config):
         diff = ", ".join(f"{k} {v} vs {getattr(config, k, None)}" for k, v in checkpoint["config"].items()
                          if getattr(config, k, None) != v)
         raise FatalError(f"{path} holds a different model ({diff}): pass the flags it was trained with "
                          f"(--model/--n-layer/...) or use another --log-dir")
-    missing = {"optimizer", "loader", "rng", "step", "bad_steps", "recent_losses", "evals_done"} - checkpoint.keys()
-    if missing:
-        raise FatalError(f"{path} has weights but no training state ({', '.join(sorted(missing))}): it cannot be "
-                         f"resumed; start a new --log-dir")
     return checkpoint
 
 

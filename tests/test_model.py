@@ -290,3 +290,55 @@ def test_from_pretrained_reads_openais_key_layout(tmp_path):
     idx = torch.randint(0, 101, (2, 30))
     with torch.no_grad():
         assert (model(idx)[0] - hf_model(idx).logits).abs().max().item() <= 1e-4
+
+
+# -----------------------------------------------------------------------------
+# checkpoints of the peer repositories
+
+BUILD_NANOGPT_SAVER = """
+import sys, torch
+from dataclasses import dataclass
+sys.path.insert(0, {repo!r})
+import model
+
+@dataclass
+class GPTConfig:  # build-nanogpt's, defined in its train_gpt2.py, so pickled as __main__.GPTConfig
+    block_size: int = 1024
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+
+torch.manual_seed(0)
+config = GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)
+gpt = model.GPT(model.GPTConfig(**vars(config)))
+torch.save({{"model": gpt.state_dict(), "config": config, "step": 5, "val_loss": 3.2}}, {path!r})
+"""
+
+
+def test_loads_a_build_nanogpt_checkpoint(tmp_path):
+    import subprocess
+    import sys
+    path = str(tmp_path / "model_00005.pt")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", BUILD_NANOGPT_SAVER.format(repo=repo, path=path)], check=True)
+    model = GPT.from_checkpoint(path)
+    assert model.config == GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)
+    torch.manual_seed(0)
+    expected = GPT(model.config)
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_loads_a_nanogpt_checkpoint_and_rejects_bias_false(tmp_path):
+    model = tiny_model(seed=4)
+    model_args = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, bias=True, vocab_size=101, dropout=0.0)
+    state = {"_orig_mod." + k: v for k, v in model.state_dict().items()}  # nanoGPT saves the compiled module's
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": state, "model_args": model_args, "iter_num": 10, "best_val_loss": torch.tensor(3.0),
+                "config": {"batch_size": 12, "learning_rate": 6e-4, "dataset": "openwebtext"}}, path)
+    loaded = GPT.from_checkpoint(str(path)).eval()
+    idx = torch.randint(0, 101, (1, 16))
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+    torch.save({"model": state, "model_args": {**model_args, "bias": False}, "config": {}}, path)
+    with pytest.raises(ValueError, match="bias=False"):
+        GPT.from_checkpoint(str(path))
