@@ -166,9 +166,8 @@ class GPT(nn.Module):
         if last_only and targets is None:
             x = x[:, -1:, :]
         logits = self.lm_head(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+        loss = None if targets is None else F.cross_entropy(
+            logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
         return logits, loss
 
     def num_params(self, exclude_pos=False):
