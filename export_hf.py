@@ -14,6 +14,7 @@ It round-trips: model.GPT.from_pretrained('gpt2-ours') loads it back.
 """
 
 import argparse
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -26,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from fineweb import GPT2_FILES_SHA256
-from model import GPT2_VOCAB_SIZE, HF_TRANSPOSED, clean_state_dict, load_checkpoint
+from model import GPT, GPT2_VOCAB_SIZE, HF_TRANSPOSED, clean_state_dict, load_checkpoint
 
 EOT = 50256  # <|endoftext|>: GPT-2's bos, eos and unk token
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -167,8 +168,9 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False):
     """Write the Hugging Face directory for one of our checkpoints; returns the checkpoint dict's step (or None)."""
     check_out_dir(out_dir, force)
     checkpoint = load_checkpoint(checkpoint_path)
-    config = checkpoint["config"]
-    hf_state = to_hf_state_dict(checkpoint["model"], DTYPES[dtype])
+    model = GPT.from_checkpoint(checkpoint_path)  # checks the weights; reads build-nanogpt's and nanoGPT's too
+    config = dataclasses.asdict(model.config)
+    hf_state = to_hf_state_dict(model.state_dict(), DTYPES[dtype])
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp")
