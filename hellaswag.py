@@ -428,6 +428,10 @@ def main(argv=None):
         seconds = time.time() - start
         if rank == 0:
             report(results, args, dtype, device, world_size, batch_size, seconds)
+        if ddp and dist.get_backend() == "gloo":  # lets gloo free evaluate's all_reduce before the group goes: see
+            last_sync = torch.zeros(1)            # the end of train_gpt2.py (this tensor and work are kept to the end)
+            last_work = dist.all_reduce(last_sync, async_op=True)
+            last_work.wait()
     finally:
         if ddp:
             dist.destroy_process_group()

@@ -281,9 +281,8 @@ SPIKE_WINDOW, SPIKE_MIN_HISTORY = 100, 10  # losses of accepted steps the spike 
 
 @torch.no_grad()
 def evaluate_val(model, loader, n_batches, device, autocast, rank, world_size):
-    """Mean loss over the first n_batches batches of the val stream; rank r takes batches r, r + world_size...
-    The sum is kept in float64, where adding float32 losses in any order gives the same result, so the val
-    loss is identical for every world size."""
+    """Mean loss over the first n_batches of the val stream; rank r takes batches r, r + world_size... Summed in
+    float64, where adding float32 losses in any order gives the same result: the same val loss for any world size."""
     acc_dtype = torch.float32 if device.startswith("mps") else torch.float64  # MPS has no float64
     total = torch.zeros(2, dtype=acc_dtype, device=device)  # (sum of batch losses, batches)
     for i in range(rank, n_batches, world_size):
@@ -297,8 +296,7 @@ def evaluate_val(model, loader, n_batches, device, autocast, rank, world_size):
 
 
 def print_samples(model, enc, step, seed, device, autocast, max_new_tokens, num_samples=4):
-    """Continuations of the reference's prompt, with top-k 50 and the KV cache. The generator is our own,
-    seeded by (seed, step): sampling never touches the global RNG that training might use."""
+    """The reference's prompt continued (top-k 50, KV cache) by our own generator: training's RNG is untouched."""
     prompt = torch.tensor(enc.encode("Hello, I'm a language model,"), dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed + step)
     with autocast:
@@ -397,11 +395,9 @@ def append_log(path, line):
 
 
 def fault_injection_hooks():
-    """Fault injection for tests/test_train_gpt2.py, from environment variables that real runs do not set:
-    TRAIN_GPT2_TEST_LOSS_FACTOR="3=nan,9=100" multiplies the loss of those steps (NaN, spikes);
-    TRAIN_GPT2_TEST_KILL_AT="rank:step" SIGKILLs that rank at the start of that step, on torchrun's first attempt;
-    TRAIN_GPT2_TEST_STEP_SLEEP / TRAIN_GPT2_TEST_CHECKPOINT_SLEEP: seconds to sleep after each step / before the
-    rename of each checkpoint, so that a test can signal or kill the run at a chosen moment."""
+    """Fault injection for the tests, from environment variables real runs do not set: TRAIN_GPT2_TEST_LOSS_FACTOR=
+    "3=nan,9=100" scales those steps' loss; TRAIN_GPT2_TEST_KILL_AT="rank:step" SIGKILLs that rank then (first torchrun
+    attempt only); TRAIN_GPT2_TEST_STEP_SLEEP / _CHECKPOINT_SLEEP: seconds after each step / before each rename."""
     env = os.environ.get
     factors = dict(item.split("=") for item in env("TRAIN_GPT2_TEST_LOSS_FACTOR", "").split(",") if item)
     kill = env("TRAIN_GPT2_TEST_KILL_AT", "")
@@ -696,5 +692,9 @@ if __name__ == "__main__":
         print(f"error: {e}", file=sys.stderr)
         code = 3 if isinstance(e, Diverged) else 2
     if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "gloo":  # gloo's threads need the GIL to free the last collective's tensors: one
+            last_sync = torch.zeros(1)  # more all_reduce, its tensor and work kept, lets them before the group goes
+            last_work = dist.all_reduce(last_sync, async_op=True)  # (else torch < 2.8 deadlocks, pytorch#154976,
+            last_work.wait()  # and later ones may abort at exit). Every exit that gets here is collective.
         dist.destroy_process_group()
     sys.exit(code)
