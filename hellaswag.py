@@ -54,8 +54,9 @@ def split_filename(split):
 
 
 def download_split(split, cache_dir, base_url=OFFICIAL_URL):
-    """Fetch hellaswag_{split}.jsonl into cache_dir. The file appears only once it is complete and parses (and,
-    from the official URL, has the published number of examples), so the cache never holds a partial file."""
+    """Fetch hellaswag_{split}.jsonl into cache_dir and return its examples. The file appears only once it is
+    complete and parses (and, from the official URL, has the published number of examples), so the cache never
+    holds a partial file."""
     filename = split_filename(split)
     url = f"{base_url.rstrip('/')}/{filename}"
     path = os.path.join(cache_dir, filename)
@@ -80,7 +81,7 @@ def download_split(split, cache_dir, base_url=OFFICIAL_URL):
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
-    return path
+    return examples
 
 
 def check_example(example):
@@ -136,9 +137,10 @@ def load_examples(split="val", cache_dir=None, data_file=None, limit=None, base_
     else:
         cache_dir = cache_dir or default_cache_dir()
         path = os.path.join(cache_dir, split_filename(split))
-        if not os.path.exists(path):
-            download_split(split, cache_dir, base_url or os.environ.get("HELLASWAG_URL") or OFFICIAL_URL)
-        examples = read_examples(path)
+        if os.path.exists(path):
+            examples = read_examples(path)
+        else:  # the download parses the file to check it: no second read
+            examples = download_split(split, cache_dir, base_url or os.environ.get("HELLASWAG_URL") or OFFICIAL_URL)
     return examples if limit is None else examples[:limit]
 
 
@@ -299,6 +301,16 @@ def make_result(example, completion_rows, logprob, harness_logprob):
     )
 
 
+def settle_gloo():
+    """Call on every rank just before destroy_process_group. gloo's worker threads need the GIL to free a finished
+    collective's tensors: destroying the group first deadlocks torch < 2.8 (pytorch#154976), and later versions
+    may abort at exit. One more all_reduce, whose tensor and work we keep, lets them free those first."""
+    if dist.get_backend() == "gloo":
+        last_sync = torch.zeros(1)
+        last_work = dist.all_reduce(last_sync, async_op=True)
+        last_work.wait()
+
+
 def shard_examples(examples, rank, world_size):
     """Rank r of a DDP run takes examples r, r + world_size, ...: disjoint, and together all of them."""
     return examples[rank::world_size]
@@ -428,10 +440,8 @@ def main(argv=None):
         seconds = time.time() - start
         if rank == 0:
             report(results, args, dtype, device, world_size, batch_size, seconds)
-        if ddp and dist.get_backend() == "gloo":  # lets gloo free evaluate's all_reduce before the group goes: see
-            last_sync = torch.zeros(1)            # the end of train_gpt2.py (this tensor and work are kept to the end)
-            last_work = dist.all_reduce(last_sync, async_op=True)
-            last_work.wait()
+        if ddp:
+            settle_gloo()  # on the success path only: a rank that failed early must not pair with evaluate's
     finally:
         if ddp:
             dist.destroy_process_group()

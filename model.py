@@ -218,10 +218,10 @@ class GPT(nn.Module):
                 logits, _ = self(idx[:, -block_size:], last_only=True)
 
     @classmethod
-    def from_checkpoint(cls, path, device="cpu"):
-        """A model from one of train_gpt2.py's checkpoints (log/model_XXXXX.pt), or from build-nanogpt's or
-        nanoGPT's (same module names; nanoGPT's must have bias=True, as GPT-2 has)."""
-        checkpoint = load_checkpoint(path)
+    def from_checkpoint(cls, path, device="cpu", checkpoint=None):
+        """A model from one of train_gpt2.py's checkpoints (log/model_XXXXX.pt), or build-nanogpt's or nanoGPT's
+        (nanoGPT's with bias=True, as GPT-2 has). `checkpoint`: the file at `path`, if already read."""
+        checkpoint = checkpoint or load_checkpoint(path)
         model = cls(checkpoint_config(checkpoint))
         state = {k: v for k, v in clean_state_dict(checkpoint["model"]).items() if not k.endswith(".attn.bias")}
         if set(state) != set(model.state_dict()):
@@ -283,6 +283,7 @@ def clean_state_dict(state_dict):
 # checkpoints. weights_only loading refuses unknown classes; this inert stand-in, allowed by name, receives the
 # fields as plain attributes and runs no code of the file's.
 PeerGPTConfig = type("GPTConfig", (), {"__module__": "__main__", "__doc__": "build-nanogpt's config, as data"})
+torch.serialization.add_safe_globals([PeerGPTConfig])
 
 
 def checkpoint_config(checkpoint):
@@ -303,7 +304,6 @@ def load_checkpoint(path, map_location="cpu"):
     and plain containers), with one clear error for a missing, truncated or unsafe file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    torch.serialization.add_safe_globals([PeerGPTConfig])
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)  # mmap: no 2nd copy in RAM
     except Exception as e:

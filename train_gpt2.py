@@ -692,9 +692,7 @@ if __name__ == "__main__":
         print(f"error: {e}", file=sys.stderr)
         code = 3 if isinstance(e, Diverged) else 2
     if dist.is_available() and dist.is_initialized():
-        if dist.get_backend() == "gloo":  # gloo's threads need the GIL to free the last collective's tensors: one
-            last_sync = torch.zeros(1)  # more all_reduce, its tensor and work kept, lets them before the group goes
-            last_work = dist.all_reduce(last_sync, async_op=True)  # (else torch < 2.8 deadlocks, pytorch#154976,
-            last_work.wait()  # and later ones may abort at exit). Every exit that gets here is collective.
+        from hellaswag import settle_gloo  # every exit that gets here is collective
+        settle_gloo()
         dist.destroy_process_group()
     sys.exit(code)

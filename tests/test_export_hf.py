@@ -18,15 +18,6 @@ TINY = dict(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)  # 
 SENTENCE = "Hello, I'm a language model! Naïve café, 🤖 世界,  two  spaces\n\nand <|endoftext|> as text."
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_script(script, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=REPO, env=env,

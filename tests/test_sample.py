@@ -24,15 +24,6 @@ def checkpoint(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_sample(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), *args], cwd=REPO, env=env,
