@@ -301,14 +301,19 @@ def make_result(example, completion_rows, logprob, harness_logprob):
     )
 
 
-def settle_gloo():
-    """Call on every rank just before destroy_process_group. gloo's worker threads need the GIL to free a finished
+def destroy_process_group(settle=True):
+    """Tear down torch.distributed; every rank calls it. gloo's worker threads need the GIL to free a finished
     collective's tensors: destroying the group first deadlocks torch < 2.8 (pytorch#154976), and later versions
-    may abort at exit. One more all_reduce, whose tensor and work we keep, lets them free those first."""
-    if dist.get_backend() == "gloo":
+    may abort at exit. With settle, one more all_reduce lets them free those first. Its own tensor and work are
+    returned: the caller keeps them (to the end of the process, where the group may outlive this call), so no
+    worker thread is ever the one to free them."""
+    last_sync = last_work = None
+    if settle and dist.get_backend() == "gloo":
         last_sync = torch.zeros(1)
         last_work = dist.all_reduce(last_sync, async_op=True)
         last_work.wait()
+    dist.destroy_process_group()
+    return last_sync, last_work
 
 
 def shard_examples(examples, rank, world_size):
@@ -422,6 +427,7 @@ def main(argv=None):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    succeeded = False
     try:
         dtype = resolve_dtype(args.dtype, device)
         batch_size = args.batch_size or (16 if torch.device(device).type == "cuda" else 1)
@@ -440,11 +446,10 @@ def main(argv=None):
         seconds = time.time() - start
         if rank == 0:
             report(results, args, dtype, device, world_size, batch_size, seconds)
-        if ddp:
-            settle_gloo()  # on the success path only: a rank that failed early must not pair with evaluate's
+        succeeded = True
     finally:
-        if ddp:
-            dist.destroy_process_group()
+        if ddp:  # settle on success only: a rank that failed early must not pair with evaluate's all_reduce
+            kept = destroy_process_group(settle=succeeded)  # noqa: F841 (kept alive until main returns)
 
 
 def report(results, args, dtype, device, world_size, batch_size, seconds):

@@ -692,7 +692,6 @@ if __name__ == "__main__":
         print(f"error: {e}", file=sys.stderr)
         code = 3 if isinstance(e, Diverged) else 2
     if dist.is_available() and dist.is_initialized():
-        from hellaswag import settle_gloo  # every exit that gets here is collective
-        settle_gloo()
-        dist.destroy_process_group()
+        from hellaswag import destroy_process_group  # with gloo's teardown fix; every exit here is collective
+        kept_until_exit = destroy_process_group()
     sys.exit(code)
