@@ -32,6 +32,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import fineweb
+from distributed import destroy_process_group
 from model import GPT, GPT2_VOCAB_SIZE
 
 OFFICIAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data"
@@ -299,21 +300,6 @@ def make_result(example, completion_rows, logprob, harness_logprob):
         harness_pred=argmax(harness_logprob),
         harness_pred_norm=argmax([lp / max(n, 1) for lp, n in zip(harness_logprob, n_chars)]),
     )
-
-
-def destroy_process_group(settle=True):
-    """Tear down torch.distributed; every rank calls it. gloo's worker threads need the GIL to free a finished
-    collective's tensors: destroying the group first deadlocks torch < 2.8 (pytorch#154976), and later versions
-    may abort at exit. With settle, one more all_reduce lets them free those first. Its own tensor and work are
-    returned: the caller keeps them (to the end of the process, where the group may outlive this call), so no
-    worker thread is ever the one to free them."""
-    last_sync = last_work = None
-    if settle and dist.get_backend() == "gloo":
-        last_sync = torch.zeros(1)
-        last_work = dist.all_reduce(last_sync, async_op=True)
-        last_work.wait()
-    dist.destroy_process_group()
-    return last_sync, last_work
 
 
 def shard_examples(examples, rank, world_size):

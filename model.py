@@ -12,6 +12,7 @@ Also here, because several scripts need them: checkpoint state-dict cleaning, tr
 import dataclasses
 import json
 import os
+import re
 
 import torch
 import torch.nn as nn
@@ -297,6 +298,26 @@ def checkpoint_config(checkpoint):
     if not isinstance(config, dict) or any(name not in config for name in fields):
         raise ValueError(f"the checkpoint's config {config!r:.200} does not give all of {fields}")
     return GPTConfig(**{name: config[name] for name in fields})
+
+
+def find_checkpoints(log_dir):
+    """[(step, path)] of a log dir's model_XXXXX.pt files, oldest first."""
+    names = os.listdir(log_dir) if os.path.isdir(log_dir) else []
+    return sorted((int(m[1]), os.path.join(log_dir, n)) for n in names if (m := re.fullmatch(r"model_(\d+)\.pt", n)))
+
+
+def resolve_checkpoint_path(path):
+    """What -c means in every script: a checkpoint file, or a run directory (its newest model_XXXXX.pt)."""
+    if os.path.isdir(path):
+        found = find_checkpoints(path)
+        if not found:
+            raise FileNotFoundError(f"{path} holds no checkpoints (model_XXXXX.pt): train into it first, or pass a "
+                                    f"checkpoint file")
+        return found[-1][1]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist: pass a checkpoint file or a run directory "
+                                f"such as log/")
+    return path
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -42,7 +42,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import GPT, PRESETS, GPTConfig, estimate_mfu, flops_per_token, format_mfu, load_checkpoint
+from distributed import destroy_process_group, init_process_group
+from model import GPT, PRESETS, GPTConfig, estimate_mfu, flops_per_token, format_mfu, find_checkpoints, load_checkpoint
 
 # -----------------------------------------------------------------------------
 # arguments: every default in one place
@@ -323,12 +324,6 @@ def load_hellaswag(rank, world_size, device):
     return examples
 
 
-def find_checkpoints(log_dir):
-    """[(step, path)] of the log dir's model_XXXXX.pt files, oldest first."""
-    names = os.listdir(log_dir) if os.path.isdir(log_dir) else []
-    return sorted((int(m[1]), os.path.join(log_dir, n)) for n in names if (m := re.fullmatch(r"model_(\d+)\.pt", n)))
-
-
 def resolve_resume(resume, log_dir):
     """The checkpoint to resume from, or None for a fresh start."""
     existing = find_checkpoints(log_dir)
@@ -406,16 +401,6 @@ def fault_injection_hooks():
                 kill_at=tuple(map(int, kill.split(":"))) if kill and first_attempt else None,
                 step_sleep=float(env("TRAIN_GPT2_TEST_STEP_SLEEP", "0")),
                 checkpoint_sleep=float(env("TRAIN_GPT2_TEST_CHECKPOINT_SLEEP", "0")))
-
-
-def init_process_group(backend, rank, world_size):
-    """torchrun's restarts reuse its key-value store, where the previous attempt's keys would send the new ranks
-    to dead peers (pytorch#135712): give each attempt a namespace of its own."""
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return dist.init_process_group(backend)
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
-    store = dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
 
 
 def pick_device(requested, local_rank, ddp):
@@ -692,6 +677,5 @@ if __name__ == "__main__":
         print(f"error: {e}", file=sys.stderr)
         code = 3 if isinstance(e, Diverged) else 2
     if dist.is_available() and dist.is_initialized():
-        from hellaswag import destroy_process_group  # with gloo's teardown fix; every exit here is collective
-        kept_until_exit = destroy_process_group()
+        kept_until_exit = destroy_process_group()  # with gloo's teardown fix; every exit here is collective
     sys.exit(code)
