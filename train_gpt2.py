@@ -27,6 +27,7 @@ Signals. SIGTERM or Ctrl-C (SIGINT) lets the current step finish, writes a check
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import random
@@ -297,13 +298,15 @@ def evaluate_val(model, loader, n_batches, device, autocast, rank, world_size):
 
 
 def print_samples(model, enc, step, seed, device, autocast, max_new_tokens, num_samples=4):
-    """The reference's prompt continued (top-k 50, KV cache) by our own generator: training's RNG is untouched."""
+    """The reference's prompt continued (top-k 50, KV cache) by our own generator: training's RNG is untouched.
+    Returns the texts."""
     prompt = torch.tensor(enc.encode("Hello, I'm a language model,"), dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed + step)
     with autocast:
         out = model.generate(prompt.repeat(num_samples, 1), max_new_tokens, top_k=50, generator=generator)
     for i, row in enumerate(out.tolist()):
         print(f"sample {i}: {enc.decode(row)!r}")
+    return [enc.decode(row) for row in out.tolist()]
 
 
 def load_hellaswag(rank, world_size, device):
@@ -387,6 +390,15 @@ def set_rng_state(state, device_type):
 def append_log(path, line):
     with open(path, "a") as f:
         f.write(line + "\n")
+
+
+def write_metrics(file, step, kind, **fields):
+    """One JSON object per line in metrics.jsonl, for app.py's run page (log.txt keeps its own format). A
+    non-finite number (a skipped step's loss) is written as null, so every line is strict JSON."""
+    if file is None:
+        return
+    fields = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()}
+    file.write(json.dumps({"step": step, "kind": kind, **fields}) + "\n")
 
 
 def fault_injection_hooks():
@@ -508,6 +520,10 @@ def main(argv=None):
                 os.remove(os.path.join(args.log_dir, name))
         if not resume_path:
             open(log_file, "w").close()  # a fresh run starts a fresh log; a resumed one appends
+    # metrics.jsonl: what the step line prints, the evals and the samples, as JSON (rank 0; line-buffered, so
+    # each record is on disk as soon as it is written)
+    metrics_file = open(os.path.join(args.log_dir, "metrics.jsonl"), "a" if resume_path else "w",
+                        buffering=1, encoding="utf-8") if master else None
 
     # compile for training and val (fixed shapes); HellaSwag and sampling have varying shapes and use
     # raw_model, which shares the parameters, so nothing recompiles and nothing breaks
@@ -577,6 +593,7 @@ def main(argv=None):
                 if master:
                     print(f"step {step:5d} | val loss {val_loss:.4f}")
                     append_log(log_file, f"{step} val {val_loss:.4f}")
+                    write_metrics(metrics_file, step, "val", loss=val_loss)
             if hellaswag_examples and due(args.hellaswag_every, step, args.max_steps):
                 import hellaswag
                 result = hellaswag.evaluate(raw_model, hellaswag_examples, device, autocast_dtype=ptdtype, rank=rank,
@@ -586,8 +603,11 @@ def main(argv=None):
                           f"harness acc {result['harness_acc']:.4f} acc_norm {result['harness_acc_norm']:.4f} "
                           f"(n={result['n']})")
                     append_log(log_file, f"{step} hella {result['acc_norm']:.4f}")
+                    write_metrics(metrics_file, step, "hellaswag", **{k: result[k] for k in (
+                        "acc", "acc_norm", "harness_acc", "harness_acc_norm", "n")})
             if enc is not None and step > 0 and due(args.sample_every, step, args.max_steps):
-                print_samples(raw_model, enc, step, args.seed, device, autocast, args.sample_tokens)
+                samples = print_samples(raw_model, enc, step, args.seed, device, autocast, args.sample_tokens)
+                write_metrics(metrics_file, step, "samples", samples=samples)
         if step > start_step and due(args.checkpoint_every, step, args.max_steps):
             write_checkpoint(step, val_loss, evals_done=True)
         if step == args.max_steps:
@@ -653,6 +673,9 @@ def main(argv=None):
                 append_log(log_file, f"{step} skip {train_loss:.6f}")
             else:
                 append_log(log_file, f"{step} train {train_loss:.6f}")
+            write_metrics(metrics_file, step, "train", loss=train_loss, lr=lr, norm=norm, dt_ms=dt * 1000,
+                          tokens_per_sec=tokens_per_sec, mfu=mfu, elapsed_s=None, eta_s=None,
+                          max_steps=args.max_steps)
         if args.max_bad_steps and bad_streak >= args.max_bad_steps:
             kept = find_checkpoints(args.log_dir)[-1:] or [(0, "none")]
             raise Diverged(f"{bad_streak} steps in a row, up to step {step}, had a non-finite or spiking loss: "

@@ -127,7 +127,24 @@ def test_loss_falls_and_log_has_the_reference_format(reference):
     assert val[12] < val[4] < val[0] - 0.5
     assert re.search(r"step +3 \| loss \d+\.\d{6} \| lr \S+ \| norm \S+ \| dt \S+ms \| tok/s \d+ \| mfu unknown",
                      reference["stdout"])
-    assert sorted(os.listdir(reference["log_dir"])) == ["log.txt", "model_00004.pt", "model_00008.pt", "model_00012.pt"]
+    assert sorted(os.listdir(reference["log_dir"])) == ["log.txt", "metrics.jsonl", "model_00004.pt", "model_00008.pt",
+                                                        "model_00012.pt"]
+
+
+def read_metrics(log_dir):
+    with open(os.path.join(log_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_metrics_jsonl_holds_what_log_txt_and_the_step_line_hold(reference):
+    records = read_metrics(reference["log_dir"])
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(12))
+    assert set(train[0]) == {"step", "kind", "loss", "lr", "norm", "dt_ms", "tokens_per_sec", "mfu", "elapsed_s",
+                             "eta_s", "max_steps"}
+    assert all(round(r["loss"], 6) == reference["log"]["train"][r["step"]] for r in train)
+    assert train[0]["max_steps"] == 12 and train[0]["mfu"] is None and train[0]["tokens_per_sec"] > 0
+    assert {r["step"]: round(r["loss"], 4) for r in records if r["kind"] == "val"} == reference["log"]["val"]
 
 
 def test_epochs_set_the_number_of_steps(tmp_path, data_dir):
@@ -216,6 +233,13 @@ def test_compiled_ddp_run_does_val_hellaswag_and_samples(tmp_path, data_dir):
                           result.stdout)) == 3  # each rank scored 3 examples, the counts were summed
     samples = re.findall(r"^sample \d: (.*)$", result.stdout, re.MULTILINE)  # repr() of each text
     assert len(samples) == 8 and all(s[1:].startswith("Hello, I'm a language model,") for s in samples)
+    records = read_metrics(log_dir)  # rank 0 alone writes it
+    assert [r["step"] for r in records if r["kind"] == "hellaswag"] == [0, 2, 4]
+    assert all(r["n"] == 6 and set(r) >= {"acc", "acc_norm", "harness_acc", "harness_acc_norm"}
+               for r in records if r["kind"] == "hellaswag")
+    sampled = [r for r in records if r["kind"] == "samples"]
+    assert [r["step"] for r in sampled] == [2, 4] and all(len(r["samples"]) == 4 for r in sampled)
+    assert sampled[0]["samples"][0].startswith("Hello, I'm a language model,")
 
 
 def test_hellaswag_unavailable_offline_is_a_warning(tmp_path, data_dir):
