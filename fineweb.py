@@ -5,6 +5,7 @@ FineWeb-Edu (or any text corpus) -> GPT-2 token shards for train_gpt2.py.
     python fineweb.py --name sample-100BT --max-tokens 1e9 --streaming
     python fineweb.py --local-files 'corpus/*.jsonl' --out-dir my_shards
     python fineweb.py --demo                            # no network: Python's own stdlib -> demo_shards/
+    python fineweb.py --download kjj0/fineweb10B-gpt2 --max-shards 9   # already tokenized shards from the hub
 
 The shards are build-nanogpt's: edufineweb_{val|train}_{idx:06d}.npy, uint16, 100M tokens each, shard 0 is
 val, every document is preceded by <|endoftext|> (50256) and a document that overflows a shard continues in
@@ -21,12 +22,13 @@ import importlib.util
 import itertools
 import json
 import os
+import shutil
 import signal
 import sys
 import sysconfig
 import tempfile
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -347,6 +349,113 @@ def write_shards(docs, out_dir, shard_size=10**8, max_tokens=None, num_proc=None
     return paths
 
 # -----------------------------------------------------------------------------
+# download: shards someone already tokenized, from a Hugging Face dataset repository
+
+DOWNLOAD_PROGRESS_FILE = "download_progress.json"
+SHARD_SUFFIXES = (".npy", ".bin")  # our shards, and llm.c's (e.g. kjj0/fineweb10B-gpt2)
+
+def select_shards(filenames, max_shards=None):
+    """The repository's shard files, val first: every *val* shard, then the train shards in name order, the
+    first max_shards of them if given."""
+    shards = sorted(name for name in filenames if name.endswith(SHARD_SUFFIXES))
+    val = [name for name in shards if "val" in os.path.basename(name)]
+    train = [name for name in shards if "train" in os.path.basename(name)]
+    if not val or not train:
+        raise ValueError(f"the repository holds {len(val)} val and {len(train)} train shards (*val*/*train* "
+                         f"files ending in {' or '.join(SHARD_SUFFIXES)}); train_gpt2.py needs both")
+    return val + (train if max_shards is None else train[:max_shards])
+
+def repo_shards(repo, revision, max_shards):
+    """(commit, [(filename, size, checksum)]) from the hub's file metadata. The checksum is ("sha256", hex) for
+    an LFS file, as the hub stores it, and ("git-sha1", blob id) for a file kept in git itself."""
+    from huggingface_hub import HfApi  # only a download needs it
+    info = HfApi().dataset_info(repo, revision=revision, files_metadata=True)
+    files = {}
+    for sibling in info.siblings or []:
+        checksum = ("sha256", sibling.lfs.sha256) if sibling.lfs else ("git-sha1", sibling.blob_id)
+        files[sibling.rfilename] = (sibling.lfs.size if sibling.lfs else sibling.size, checksum)
+    return info.sha, [(name, *files[name]) for name in select_shards(files, max_shards)]
+
+def file_checksum(path, kind):
+    """The hex digest of a file as the hub computes it: sha256 of the bytes (LFS), or git's blob sha1."""
+    digest = hashlib.sha256() if kind == "sha256" else hashlib.sha1(b"blob %d\0" % os.path.getsize(path))
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+def download_file(repo, commit, name, size, checksum, out_dir):
+    """One file, into {name}.part (resumed from its length if a killed run left one), then checked against the
+    hub's checksum and renamed into place; a mismatch deletes the part and raises, leaving nothing."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+    path = os.path.join(out_dir, os.path.basename(name))
+    part = path + ".part"
+    done = os.path.getsize(part) if os.path.exists(part) else 0
+    if done > size:  # not a prefix of this file: start over
+        os.remove(part)
+        done = 0
+    with open(part, "ab") as f:
+        http_get(hf_hub_url(repo, name, repo_type="dataset", revision=commit), f, resume_size=done,
+                 headers=build_hf_headers(), expected_size=size, displayed_filename=os.path.basename(name))
+        f.flush()
+        os.fsync(f.fileno())
+    kind, expected = checksum
+    actual = file_checksum(part, kind)
+    if actual != expected:
+        os.remove(part)
+        raise ValueError(f"{name} from {repo} does not match the hub's checksum ({kind} {actual}, expected "
+                         f"{expected}): refused and deleted; run the same command again to retry")
+    os.replace(part, path)
+    return path
+
+def download_shards(repo, out_dir, revision=None, max_shards=None, workers=8, verbose=True):
+    """Download a repository's val shard(s) and the first max_shards train shards (all if None) into out_dir, on
+    `workers` threads. Files recorded in download_progress.json with the same checksum are skipped, so a re-run
+    after an interruption fetches only the rest (a partly downloaded file resumes where it stopped).
+    Returns the paths of the shards."""
+    check_writable(out_dir)
+    if os.path.exists(os.path.join(out_dir, PROGRESS_FILE)):
+        raise ValueError(f"{out_dir} holds shards that fineweb.py tokenized; download into another --out-dir")
+    commit, shards = repo_shards(repo, revision, max_shards)
+    progress_path = os.path.join(out_dir, DOWNLOAD_PROGRESS_FILE)
+    progress = {"repo": repo, "files": {}}
+    if os.path.exists(progress_path):
+        with open(progress_path) as f:
+            progress = json.load(f)
+        if progress["repo"] != repo:
+            raise ValueError(f"{out_dir} holds shards downloaded from {progress['repo']}; choose another --out-dir")
+    progress["commit"] = commit
+
+    def complete(name, size, checksum):
+        path = os.path.join(out_dir, os.path.basename(name))
+        return progress["files"].get(name) == list(checksum) and os.path.isfile(path) and os.path.getsize(path) == size
+    todo = [shard for shard in shards if not complete(*shard)]
+    needed = sum(size for _, size, _ in todo)
+    free = shutil.disk_usage(out_dir).free
+    if needed > free:
+        raise OSError(f"the {len(todo)} shards to download need {needed / 1e9:.1f} GB, {out_dir} has "
+                      f"{free / 1e9:.1f} GB free; pass a smaller --max-shards or another --out-dir")
+    if verbose:
+        print(f"{repo}@{commit[:12]}: {len(shards)} shards, {len(shards) - len(todo)} already here, "
+              f"{len(todo)} to download ({needed / 1e9:.2f} GB)")
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = {pool.submit(download_file, repo, commit, *shard, out_dir): shard for shard in todo}
+        for future in as_completed(futures):
+            name, _, checksum = futures[future]
+            future.result()
+            progress["files"][name] = list(checksum)  # recorded only once the file is complete and checked
+            save_json_atomically(progress_path, progress)
+    paths = [os.path.join(out_dir, os.path.basename(name)) for name, _, _ in shards]
+    if verbose:
+        print(f"{out_dir}: {len(paths)} shards ready for train_gpt2.py --data-dir {out_dir}")
+    return paths
+
+def save_json_atomically(path, data):
+    write_atomically(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+
+# -----------------------------------------------------------------------------
 
 def count(text):
     """A positive whole number, also written like 1e9."""
@@ -358,6 +467,15 @@ def count(text):
 def main(args):
     out_dir = args.out_dir or ("demo_shards" if args.demo else "edu_fineweb10B")
     check_writable(out_dir)  # now, not after an hour of download
+    if args.download:
+        try:
+            download_shards(args.download, out_dir, args.revision, args.max_shards, args.download_workers)
+        except Exception as e:
+            if type(e).__module__.split(".")[0] not in ("httpx", "httpx2", "requests", "huggingface_hub"):
+                raise
+            raise OSError(f"could not download from {args.download} ({type(e).__name__}: {e}); check the network, "
+                          f"HF_ENDPOINT or HF_TOKEN, then run the same command again to resume") from None
+        return
     if args.demo:
         docs, source = demo_documents(), ["demo", sys.version]
     elif args.local_files:
@@ -381,6 +499,11 @@ if __name__ == "__main__":
     corpus.add_argument("--local-files", nargs="+", metavar="PATH_OR_GLOB",
                         help=".jsonl/.json/.parquet/.txt files (a .txt file is one document) instead of a download")
     corpus.add_argument("--demo", action="store_true", help="no network: the Python stdlib's .py files -> demo_shards/")
+    corpus.add_argument("--download", metavar="REPO", help="download already tokenized shards (.npy or llm.c .bin) "
+                        "from this Hugging Face dataset repository, e.g. kjj0/fineweb10B-gpt2, instead of tokenizing")
+    add("--revision", help="with --download: a branch, tag or commit of the repository (default: main)")
+    add("--max-shards", type=count, help="with --download: the val shard and only the first N train shards")
+    add("--download-workers", type=count, default=8, help="with --download: files fetched in parallel")
     add("--text-field", default="text", help="the field of each record that holds the document")
     add("--out-dir", help="default: edu_fineweb10B, or demo_shards with --demo")
     add("--shard-size", type=count, help="tokens per shard (default: 1e8, or 5e5 with --demo)")

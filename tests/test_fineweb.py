@@ -370,3 +370,171 @@ def test_bench_fineweb_smoke(tmp_path):
                              "--rounds", "1", "--warmup", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "ratio" in result.stdout
+
+# -----------------------------------------------------------------------------
+# --download: a stand-in for the hub's endpoints that huggingface_hub calls (dataset_info with file metadata,
+# then a GET of each file's resolve URL, with a Range header when it resumes a partial file)
+
+import hashlib
+import http.server
+import threading
+import urllib.parse
+
+class FakeHub:
+    """Serves one dataset repository: GET /api/datasets/{repo}[/revision/{rev}] and /datasets/{repo}/resolve/{commit}/
+    {file}. `corrupt` names files whose bytes differ from their published sha256; `stall_after` holds a file's
+    response after that many bytes until `release` is set; `ranges` records the Range header of each GET."""
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, repo, files):
+        self.repo, self.files = repo, files
+        self.corrupt, self.stall_after, self.release, self.ranges = set(), {}, threading.Event(), []
+        self.stalled = threading.Event()
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = urllib.parse.urlparse(self.path).path
+                info = f"/api/datasets/{hub.repo}"
+                resolve = f"/datasets/{hub.repo}/resolve/{hub.COMMIT}/"
+                if path == info or path.startswith(info + "/revision/"):
+                    return self.send(200, json.dumps(hub.info()).encode(), {"Content-Type": "application/json"})
+                if path.startswith(resolve) and path[len(resolve):] in hub.files:
+                    return self.send_file(path[len(resolve):])
+                self.send(404, b'{"error": "not found"}', {"X-Error-Code": "EntryNotFound"})
+
+            def send(self, code, body, headers=()):
+                self.send_response(code)
+                for key, value in dict(headers, **{"Content-Length": str(len(body))}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def send_file(self, name):
+                data = hub.files[name]
+                if name in hub.corrupt:
+                    data = data[:-1] + bytes([data[-1] ^ 1])
+                start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers["Range"] else 0
+                hub.ranges.append((name, start))
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(data) - start))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                stall = hub.stall_after.get(name)
+                if stall is not None and start < stall and not hub.release.is_set():
+                    self.wfile.write(data[start:stall])
+                    self.wfile.flush()
+                    hub.stalled.set()
+                    hub.release.wait(60)
+                    return  # the client was killed meanwhile: the connection is gone
+                self.wfile.write(data[start:])
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+
+    def info(self):
+        siblings = []
+        for name, data in self.files.items():
+            if name.endswith((".npy", ".bin")):  # stored with LFS: the hub publishes the sha256
+                lfs = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 134}
+                siblings.append({"rfilename": name, "size": len(data), "blobId": "0" * 40, "lfs": lfs})
+            else:  # kept in git: the blob id is git's sha1
+                blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+                siblings.append({"rfilename": name, "size": len(data), "blobId": blob})
+        return {"id": self.repo, "sha": self.COMMIT, "private": False, "siblings": siblings}
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+def llmc_bin(tokens):
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = [20240520, 1, len(tokens)]
+    return header.tobytes() + np.asarray(tokens, dtype=np.uint16).tobytes()
+
+@pytest.fixture
+def hub():
+    rng = np.random.default_rng(0)
+    files = {f"fineweb_{'val' if i == 0 else 'train'}_{i:06d}.bin": llmc_bin(rng.integers(0, 50257, 3000 + 100 * i))
+             for i in range(4)}
+    files["README.md"] = b"# shards\n"
+    hub = FakeHub("someone/shards-gpt2", files)
+    yield hub
+    hub.close()
+
+def download(hub, out_dir, *args, tmp_path):
+    env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
+    env.pop("HF_HUB_OFFLINE", None)
+    return run_fineweb("--download", hub.repo, "--out-dir", out_dir, *args, env=env)
+
+def test_download_max_shards_is_val_plus_first_train_shards(hub, tmp_path):
+    out_dir = tmp_path / "shards"
+    result = download(hub, out_dir, "--max-shards", 2, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    names = ["fineweb_val_000000.bin", "fineweb_train_000001.bin", "fineweb_train_000002.bin"]
+    assert sorted(n for n in os.listdir(out_dir) if not n.endswith(".json")) == sorted(names)
+    for name in names:
+        assert (out_dir / name).read_bytes() == hub.files[name]
+    import train_gpt2  # the loader reads them as they are
+    assert len(train_gpt2.ShardLoader(str(out_dir), "train", 4, 64).shards) == 2
+    # a re-run with more shards fetches only the new one
+    hub.ranges.clear()
+    result = download(hub, out_dir, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert hub.ranges == [("fineweb_train_000003.bin", 0)]
+    assert "3 already here" in result.stdout
+
+def test_download_refuses_a_checksum_mismatch(hub, tmp_path):
+    out_dir = tmp_path / "shards"
+    hub.corrupt.add("fineweb_train_000002.bin")
+    result = download(hub, out_dir, tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "fineweb_train_000002.bin" in result.stderr and "checksum" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (out_dir / "fineweb_train_000002.bin").exists()
+    assert not (out_dir / "fineweb_train_000002.bin.part").exists()
+    progress = json.loads((out_dir / fineweb.DOWNLOAD_PROGRESS_FILE).read_text())
+    assert "fineweb_train_000002.bin" not in progress["files"]
+    hub.corrupt.clear()  # the hub is fixed: the same command completes
+    assert download(hub, out_dir, tmp_path=tmp_path).returncode == 0
+    assert (out_dir / "fineweb_train_000002.bin").read_bytes() == hub.files["fineweb_train_000002.bin"]
+
+def test_download_killed_midway_resumes_byte_identical(hub, tmp_path):
+    from huggingface_hub import constants
+    out_dir = tmp_path / "shards"
+    name = "fineweb_train_000003.bin"
+    # huggingface_hub writes in chunks of DOWNLOAD_CHUNK_SIZE: stall in the middle of the second one
+    hub.files[name] = llmc_bin(np.random.default_rng(1).integers(0, 50257, constants.DOWNLOAD_CHUNK_SIZE))
+    received = constants.DOWNLOAD_CHUNK_SIZE
+    hub.stall_after[name] = received + 1000
+    env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "fineweb.py"), "--download", hub.repo, "--out-dir",
+                             str(out_dir), "--download-workers", "1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert hub.stalled.wait(60), "the download never reached the stalled file"
+        part = out_dir / (name + ".part")
+        deadline = time.time() + 30
+        while not (part.exists() and part.stat().st_size == received) and time.time() < deadline:
+            time.sleep(0.05)
+        assert part.stat().st_size == received
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (out_dir / name).exists()
+    hub.release.set()
+    hub.ranges.clear()
+    result = download(hub, out_dir, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert hub.ranges == [(name, received)]  # only the missing bytes were fetched
+    for filename, data in hub.files.items():
+        if filename.endswith(".bin"):
+            assert (out_dir / filename).read_bytes() == data
+    assert not [n for n in os.listdir(out_dir) if n.endswith(".part")]
