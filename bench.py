@@ -190,10 +190,10 @@ def to_device(rows, device):
 # manual attention: the (B, nh, T, T) scores written out, for the "flash vs manual" comparison
 
 
-def manual_attention_forward(self, x, kv_cache=None, layer=0):
+def manual_attention_forward(self, x, kv_cache=None, layer=0, head_mask=None):
     """model.CausalSelfAttention.forward with scaled_dot_product_attention spelled out as nanoGPT's slow path:
     scores, causal mask, softmax, weighted sum. Same math, but the T x T matrix goes through memory."""
-    assert kv_cache is None, "manual attention is for training only"
+    assert kv_cache is None and head_mask is None, "manual attention is for training only"
     B, T, C = x.size()
     q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
     q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))

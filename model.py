@@ -13,10 +13,14 @@ import dataclasses
 import json
 import os
 import re
+import warnings
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+# a pruned layer with no heads left has empty q/k/v and output matrices; their init is a no-op, not a problem
+warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
 
 GPT2_VOCAB_SIZE = 50257  # the real tokenizer size; training pads the embedding table to 50304 for speed
 
@@ -31,6 +35,17 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    layer_heads: list = None  # heads per layer (pruned models, heads.py); None = n_head in every layer
+
+    def heads_per_layer(self):
+        """Each layer's head count. Head size is n_embd // n_head in every layer, whatever its count."""
+        if self.layer_heads is None:
+            return [self.n_head] * self.n_layer
+        heads = [int(h) for h in self.layer_heads]
+        if len(heads) != self.n_layer or any(not 0 <= h <= self.n_head for h in heads):
+            raise ValueError(f"layer_heads {self.layer_heads} must give {self.n_layer} counts from 0 to n_head "
+                             f"{self.n_head}")
+        return heads
 
     @staticmethod
     def preset(name, **overrides):
@@ -62,39 +77,57 @@ class KVCache:
     def update(self, layer, k, v):
         """Store this step's keys/values for a layer; return all keys/values so far."""
         if self.k is None:
+            self.k, self.v = [None] * self.n_layer, [None] * self.n_layer  # one tensor per layer: head counts may differ
+        if self.k[layer] is None:
             B, nh, _, hs = k.shape
-            self.k = k.new_zeros((self.n_layer, B, nh, self.max_len, hs))
-            self.v = torch.zeros_like(self.k)
+            self.k[layer] = k.new_zeros((B, nh, self.max_len, hs))
+            self.v[layer] = torch.zeros_like(self.k[layer])
         end = self.pos + k.size(2)
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, n_head):
         super().__init__()
         assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.n_head = config.n_head
+        self.n_head, self.head_size = n_head, config.n_embd // config.n_head  # n_head < config.n_head when pruned
         self.n_embd = config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * n_head * self.head_size)  # q, k, v for all heads in one matmul
+        self.c_proj = nn.Linear(n_head * self.head_size, config.n_embd)
+        self.keep_attention = False  # heads.py sets it to get self.attention, the (B, nh, T, S) softmax weights
 
-    def forward(self, x, kv_cache=None, layer=0):
+    def forward(self, x, kv_cache=None, layer=0, head_mask=None):
+        """head_mask: None, or (n_head,) factors multiplying each head's output before c_proj (heads.py)."""
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if self.n_head == 0:  # every head pruned: the sublayer adds c_proj's bias only
+            return self.c_proj(x.new_zeros(B, T, 0))
+        q, k, v = self.c_attn(x).split(self.n_head * self.head_size, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)
-        if k.size(2) == T:
+        if self.keep_attention:
+            y = self.explicit_attention(q, k, v)
+        elif k.size(2) == T:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # flash attention where available
         else:
             # new queries sit at the end of the cached keys: query i sees keys up to its own position
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=k.size(2) - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        if head_mask is not None:
+            y = y * head_mask.to(y.dtype).view(1, -1, 1, 1)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_size)
         return self.c_proj(y)
+
+    def explicit_attention(self, q, k, v):
+        """The same attention with the weights written out and kept in self.attention; only when asked."""
+        T, S = q.size(2), k.size(2)
+        scores = (q @ k.transpose(-2, -1)) * self.head_size ** -0.5
+        future = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T).logical_not()
+        self.attention = F.softmax(scores.float().masked_fill(future, float("-inf")), dim=-1).to(q.dtype)
+        return self.attention @ v
 
 
 class MLP(nn.Module):
@@ -111,15 +144,15 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, n_head):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, n_head)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+    def forward(self, x, kv_cache=None, layer=0, head_mask=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer, head_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -132,7 +165,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, n_head) for n_head in config.heads_per_layer()]),
             ln_f=nn.LayerNorm(config.n_embd),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -150,9 +183,11 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx, targets=None, kv_cache=None, last_only=False):
+    def forward(self, idx, targets=None, kv_cache=None, last_only=False, head_mask=None):
         """idx (B, T) token ids -> (logits, loss). loss is the mean cross-entropy when targets are given
-        (positions with target -1 are ignored). last_only computes the head for the final position only."""
+        (positions with target -1 are ignored). last_only computes the head for the final position only.
+        head_mask: None, or (n_layer, n_head) factors on each head's output (layer l uses its first
+        layer_heads[l] columns); 0 removes a head, and its gradient is the head's importance (heads.py)."""
         B, T = idx.size()
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
@@ -160,7 +195,7 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, layer)
+            x = block(x, kv_cache, layer, None if head_mask is None else head_mask[layer, :block.attn.n_head])
         if kv_cache is not None:
             kv_cache.pos += T
         x = self.transformer.ln_f(x)
@@ -294,10 +329,11 @@ def checkpoint_config(checkpoint):
     config = vars(config) if isinstance(config, PeerGPTConfig) else config
     if config.get("bias") is False:
         raise ValueError("this nanoGPT checkpoint was trained with bias=False; GPT-2 has biases in every Linear")
+    sizes = ["block_size", "vocab_size", "n_layer", "n_head", "n_embd"]  # a later field missing means its default
+    if not isinstance(config, dict) or any(name not in config for name in sizes):
+        raise ValueError(f"the checkpoint's config {config!r:.200} does not give all of {sizes}")
     fields = [field.name for field in dataclasses.fields(GPTConfig)]
-    if not isinstance(config, dict) or any(name not in config for name in fields):
-        raise ValueError(f"the checkpoint's config {config!r:.200} does not give all of {fields}")
-    return GPTConfig(**{name: config[name] for name in fields})
+    return GPTConfig(**{name: config[name] for name in fields if name in config})
 
 
 def find_checkpoints(log_dir):
@@ -387,13 +423,14 @@ def hf_to_our_state_dict(hf_state, our_state):
 
 
 def flops_per_token(config, seq_len):
-    """Training FLOPs per token: 6*N + 6*n_layer*n_embd*seq_len.
+    """Training FLOPs per token: 6*N + 6*n_layer*n_embd*seq_len (n_layer*n_embd: the attention width summed over layers).
     N counts the matmul weights (attention and MLP in every block, plus the lm_head); position embeddings,
-    biases and LayerNorms are left out. The attention term is the QK^T and AV matmuls, 12*L*C*T for full
+    biases and LayerNorms are left out; a pruned layer counts its own heads. The attention term is the QK^T and AV matmuls, 12*L*C*T for full
     attention, halved because a causal kernel skips the masked half. Forward is 1/3, backward 2/3."""
     L, C = config.n_layer, config.n_embd
-    matmul_params = L * 12 * C * C + config.vocab_size * C
-    return 6 * matmul_params + 6 * L * C * seq_len
+    attn_width = sum(config.heads_per_layer()) * (C // config.n_head)  # L * C unless heads were pruned
+    matmul_params = 4 * C * attn_width + L * 8 * C * C + config.vocab_size * C
+    return 6 * matmul_params + 6 * attn_width * seq_len
 
 
 # dense bf16/fp16 tensor-core peaks (no sparsity), FLOP/s. Checked in order: specific names before generic.

@@ -342,3 +342,64 @@ def test_loads_a_nanogpt_checkpoint_and_rejects_bias_false(tmp_path):
     torch.save({"model": state, "model_args": {**model_args, "bias": False}, "config": {}}, path)
     with pytest.raises(ValueError, match="bias=False"):
         GPT.from_checkpoint(str(path))
+
+
+# -----------------------------------------------------------------------------
+# per-layer head counts (pruned models) and the head mask (heads.py)
+
+def test_layer_heads_set_each_layers_width_and_flops():
+    model = tiny_model(n_layer=3, n_head=4, layer_heads=[4, 1, 0])
+    hs = 64 // 4
+    for block, h in zip(model.transformer.h, [4, 1, 0]):
+        assert block.attn.c_attn.weight.shape == (3 * h * hs, 64)
+        assert block.attn.c_proj.weight.shape == (64, h * hs)
+    full = GPTConfig(**{**TINY, "n_layer": 3, "n_head": 4})
+    # each pruned head removes 4*C*hs matmul weights and its share of the attention term
+    assert flops_per_token(full, 64) - flops_per_token(model.config, 64) == 7 * (6 * 4 * 64 * hs + 6 * hs * 64)
+    assert flops_per_token(GPTConfig(**{**TINY, "layer_heads": [2, 2]}), 64) == flops_per_token(GPTConfig(**TINY), 64)
+    idx = torch.randint(0, 101, (2, 10))  # a layer without heads still runs, and generates with the KV cache
+    assert torch.equal(model.generate(idx, 12, temperature=0), greedy_without_cache(model, idx, 12))
+    with pytest.raises(ValueError, match="layer_heads"):
+        GPT(GPTConfig(**{**TINY, "layer_heads": [2, 3]}))
+
+
+def test_layer_heads_round_trip_a_checkpoint_and_old_configs_mean_full_heads(tmp_path):
+    from dataclasses import asdict
+    model = tiny_model(seed=4, layer_heads=[1, 2])
+    path = tmp_path / "model_00001.pt"
+    torch.save({"model": model.state_dict(), "config": asdict(model.config)}, path)
+    loaded = GPT.from_checkpoint(str(path)).eval()
+    assert loaded.config.layer_heads == [1, 2]
+    idx = torch.randint(0, 101, (1, 16))
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+    old = tiny_model(seed=4)
+    config = {k: v for k, v in asdict(old.config).items() if k != "layer_heads"}  # written before the field existed
+    torch.save({"model": old.state_dict(), "config": config}, path)
+    assert GPT.from_checkpoint(str(path)).config.layer_heads is None
+
+
+def test_head_mask_of_ones_is_the_default_path_and_zero_removes_the_head():
+    model = tiny_model(seed=5)
+    idx = torch.randint(0, 101, (2, 16))
+    logits, _ = model(idx)
+    assert torch.equal(model(idx, head_mask=torch.ones(2, 2))[0], logits)
+    mask = torch.ones(2, 2)
+    mask[1, 0] = 0
+    masked, _ = model(idx, head_mask=mask)
+    with torch.no_grad():  # the same head removed by zeroing its columns of the output projection
+        model.transformer.h[1].attn.c_proj.weight[:, :32] = 0
+    torch.testing.assert_close(masked, model(idx)[0], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(masked, logits)
+
+
+def test_kept_attention_weights_give_the_same_output_and_are_causal():
+    model = tiny_model(seed=6)
+    idx = torch.randint(0, 101, (2, 16))
+    logits, _ = model(idx)
+    for block in model.transformer.h:
+        block.attn.keep_attention = True
+    torch.testing.assert_close(model(idx)[0], logits, atol=1e-5, rtol=1e-5)
+    attention = model.transformer.h[0].attn.attention
+    assert attention.shape == (2, 2, 16, 16)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(2, 2, 16))
+    assert torch.all(attention.triu(1) == 0)
