@@ -218,9 +218,10 @@ def scored_logprobs(logits, targets, scored, chunk=1024):
     return out
 
 
-def score_rows(model, rows, device, autocast_dtype=None):
+def score_rows(model, rows, device, autocast_dtype=None, greedy=False):
     """Summed log-prob of the scored targets of each row, batched into one forward pass. Rows are right-padded
-    to the longest: with causal attention, padding after a row's tokens cannot change their logits."""
+    to the longest: with causal attention, padding after a row's tokens cannot change their logits.
+    greedy=True also returns, per row, whether every scored target is the argmax token (lm-eval's is_greedy)."""
     T = max(len(inputs) for inputs, _, _ in rows)
     inputs = torch.full((len(rows), T), EOT, dtype=torch.long)
     targets = torch.zeros((len(rows), T), dtype=torch.long)
@@ -233,11 +234,16 @@ def score_rows(model, rows, device, autocast_dtype=None):
     autocast = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with autocast:
         logits, _ = model(inputs.to(device))
-    logprobs = scored_logprobs(logits, targets.to(device), scored.to(device)).double().cpu().numpy()
+    targets, scored = targets.to(device), scored.to(device)
+    logprobs = scored_logprobs(logits, targets, scored).double().cpu().numpy()
     # each row's scored positions are contiguous in row-major order; summing exactly that span (in float64)
     # makes the sum independent of how many rows and how much padding share the batch
     ends = np.cumsum([n for _, _, n in rows])
-    return [float(logprobs[end - n:end].sum()) for end, (_, _, n) in zip(ends, rows)]
+    sums = [float(logprobs[end - n:end].sum()) for end, (_, _, n) in zip(ends, rows)]
+    if not greedy:
+        return sums
+    hits = (logits[scored][:, :GPT2_VOCAB_SIZE].argmax(dim=-1) == targets[scored]).cpu().numpy()
+    return sums, [bool(hits[end - n:end].all()) for end, (_, _, n) in zip(ends, rows)]
 
 
 def argmax(values):
