@@ -1,0 +1,489 @@
+"""
+A web page to talk to a model and to watch its training run (Gradio).
+
+    pip install -r requirements-app.txt && python app.py -c log/   # a run directory: its checkpoints, its run page
+    python app.py -c log/model_05000.pt                            # one checkpoint
+    python app.py -m gpt2                                          # OpenAI's GPT-2 (hub name or local HF directory)
+    python app.py -c log/ --host 0.0.0.0 --port 7860               # reachable from other machines: only if you ask
+
+Generate page (/): the prompt is continued token by token, with the same sampling as sample.py: the same model,
+prompt, settings and seed give exactly the text sample.py prints. With a run directory a list offers its
+checkpoints, newest first; it is refreshed while training writes new ones, and switching needs no restart.
+Run page (/run): plot_log.py's chart and the latest numbers of the run, read from log.txt and metrics.jsonl
+(which train_gpt2.py writes), refreshed on a timer, plus the samples printed at each eval. The app only reads
+those files: it never touches the training process.
+
+Safe by default: it listens on 127.0.0.1 only, makes no share link, sends no analytics and needs no network
+(offline machines and machines behind a proxy variable both work). One generation runs at a time; others wait in
+Gradio's queue, which shows their place. Requests are bounded (--max-new-tokens, the model's context, the sampling
+ranges), and a bad value is a message on the page. The only files it opens are the checkpoint or the run
+directory given on the command line, and in a run directory only its model_XXXXX.pt, log.txt and metrics.jsonl.
+"""
+
+import argparse
+import codecs
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+
+import numpy as np
+import torch
+
+from hardware import autocast, pick_device, pick_dtype
+from model import GPT2_VOCAB_SIZE, GPTConfig, find_checkpoints, resolve_checkpoint_path
+from sample import encode_prompt, load_model
+
+MAX_SAMPLES = 8  # per request: each is one row of the generation batch
+MAX_PROMPT_CHARS = 100_000  # checked before tokenizing, so a huge paste costs nothing
+TEMPERATURE_MAX = 2.0
+CHECKPOINT_NAME = re.compile(r"model_\d+\.pt")
+
+# -----------------------------------------------------------------------------
+# arguments
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-c", "--checkpoint", help="a run directory (its checkpoints, newest first, and its run "
+                                                   "page) or one checkpoint file, e.g. log/ or log/model_05000.pt")
+    source.add_argument("-m", "--model", help="OpenAI GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local "
+                                              "Hugging Face-format directory")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes the app to "
+                                                            "the network")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                        help="autocast dtype (auto: bf16 on GPUs with native bf16, fp16 on older ones, fp32 else)")
+    parser.add_argument("--max-new-tokens", type=int, default=500, help="the most tokens one request may ask for")
+    parser.add_argument("--refresh", type=float, default=5.0, help="seconds between refreshes of the checkpoint "
+                                                                   "list and the run page")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off: nothing "
+                                                             "leaves this machine)")
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if args.refresh <= 0:
+        raise ValueError(f"--refresh must be positive, got {args.refresh}")
+    return args
+
+
+# -----------------------------------------------------------------------------
+# the models the page may load: the only paths it ever opens
+
+
+class ModelSource:
+    """What -c / -m named, and the one model loaded from it. A page sends back only a name from choices(); a
+    name that is not in the current list (../x, /etc/passwd, a deleted checkpoint) is refused, never opened."""
+
+    def __init__(self, checkpoint=None, model_name=None, device="cpu"):
+        self.device, self.model_name = device, model_name
+        self.run_dir = self.checkpoint_file = None
+        if checkpoint and os.path.isdir(checkpoint):
+            self.run_dir = checkpoint
+        elif checkpoint:
+            self.checkpoint_file = resolve_checkpoint_path(checkpoint)  # FileNotFoundError with a sentence
+        self.loaded_name, self.model = None, None
+
+    def choices(self):
+        """Names to pick from, newest checkpoint first."""
+        if self.run_dir:
+            return [os.path.basename(path) for _, path in reversed(find_checkpoints(self.run_dir))]
+        return [os.path.basename(self.checkpoint_file)] if self.checkpoint_file else [self.model_name]
+
+    def path_of(self, name):
+        """The file (or -m name) behind a listed name; ValueError for anything else."""
+        if not isinstance(name, str) or name not in self.choices():
+            listed = ", ".join(self.choices()[:5]) or "none yet"
+            raise ValueError(f"{str(name)[:100]!r} is not one of this app's checkpoints ({listed})")
+        if self.run_dir:
+            assert CHECKPOINT_NAME.fullmatch(name)  # find_checkpoints lists nothing else
+            return os.path.join(self.run_dir, name)
+        return self.checkpoint_file or self.model_name
+
+    def get(self, name):
+        """The model for a listed name, loaded once and kept until another name is asked for."""
+        path = self.path_of(name)
+        if name != self.loaded_name:
+            self.model = self.loaded_name = None  # free the old weights before reading the new ones
+            is_file = bool(self.run_dir or self.checkpoint_file)
+            self.model = load_model(path if is_file else None, None if is_file else path, self.device)
+            self.loaded_name = name
+        return self.model
+
+
+def describe(model, name):
+    """One line about a loaded model: name, size, and its architecture where it is not GPT-2's."""
+    config = model.config
+    default = GPTConfig()
+    arch = {k: v for k, v in dataclasses.asdict(config).items()
+            if k not in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd") and v != getattr(default, k)}
+    extra = "".join(f", {k}={v}" for k, v in arch.items())
+    return (f"**{name}**: {model.num_params() / 1e6:.2f}M parameters, {config.n_layer} layers, {config.n_head} "
+            f"heads, {config.n_embd} wide, context {config.block_size}{extra}")
+
+
+# -----------------------------------------------------------------------------
+# generation: sample.py's sampling, streamed
+
+
+def check_request(prompt, max_new_tokens, temperature, top_k, top_p, seed, num_samples, cap):
+    """Validate what a page (or an API client) sent; ValueError with a sentence for anything out of range.
+    Returns the values as the types generation needs."""
+    def number(value, name, kind=float):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {str(value)[:50]!r}") from None
+        if not math.isfinite(number) or (kind is int and number != int(number)):
+            raise ValueError(f"{name} must be {'a whole number' if kind is int else 'finite'}, got {value}")
+        return kind(number)
+
+    if not isinstance(prompt, str):
+        raise ValueError("the prompt must be text")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+    max_new_tokens, num_samples = number(max_new_tokens, "max new tokens", int), number(num_samples, "samples", int)
+    temperature, top_k, top_p = number(temperature, "temperature"), number(top_k, "top-k", int), number(top_p, "top-p")
+    seed = number(seed, "seed", int) if seed is not None and seed != "" else -1
+    if not 1 <= max_new_tokens <= cap:
+        raise ValueError(f"max new tokens must be in 1..{cap} (this app's --max-new-tokens), got {max_new_tokens}")
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise ValueError(f"samples must be in 1..{MAX_SAMPLES}, got {num_samples}")
+    if not 0 <= temperature <= TEMPERATURE_MAX:
+        raise ValueError(f"temperature must be in 0..{TEMPERATURE_MAX} (0 is greedy), got {temperature}")
+    if not 0 <= top_k <= GPT2_VOCAB_SIZE:
+        raise ValueError(f"top-k must be in 0..{GPT2_VOCAB_SIZE} (0 turns it off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top-p must be in (0, 1] (1 turns it off), got {top_p}")
+    if not -1 <= seed < 2 ** 63:
+        raise ValueError(f"seed must be -1 (a fresh one) or in 0..2**63-1, got {seed}")
+    return prompt, max_new_tokens, temperature, top_k, top_p, seed, num_samples
+
+
+def render(shown_prompt, texts):
+    """The page's text, exactly what sample.py prints (without its final newline)."""
+    if len(texts) == 1:
+        return shown_prompt + texts[0]
+    return "\n".join(f"--- sample {i + 1}/{len(texts)} ---\n{shown_prompt}{text}" for i, text in enumerate(texts))
+
+
+def generate_stream(model, enc, prompt, max_new_tokens, temperature, top_k, top_p, seed, num_samples, device,
+                    dtype):
+    """Yield (text so far, stats) after each new token. The tokens are sample.py's for the same seed: one batch
+    of num_samples rows from model.generate_tokens, with a generator seeded as sample.py seeds it. Each row is
+    decoded incrementally as sample.stream_text does, so a character split across tokens waits for its last
+    byte instead of showing as '\ufffd'."""
+    prompt_tokens = encode_prompt(enc, prompt)
+    if len(prompt_tokens) > model.config.block_size:
+        raise ValueError(f"the prompt is {len(prompt_tokens)} tokens; this model reads at most "
+                         f"{model.config.block_size} (its context)")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.tensor([prompt_tokens], dtype=torch.long, device=device).repeat(num_samples, 1)
+    sampling = dict(temperature=temperature, top_k=top_k or None, top_p=top_p if top_p < 1 else None,
+                    generator=generator)
+    decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(num_samples)]
+    texts = [""] * num_samples
+    t0 = time.perf_counter()
+    first_token_s = None
+    with autocast(dtype, device):
+        for n, tokens in enumerate(model.generate_tokens(idx, max_new_tokens, **sampling), 1):
+            for i, token in enumerate(tokens[:, 0].tolist()):
+                texts[i] += decoders[i].decode(enc.decode_single_token_bytes(token))
+            elapsed = time.perf_counter() - t0
+            first_token_s = first_token_s or elapsed
+            if n == max_new_tokens:
+                texts = [text + decoder.decode(b"", final=True) for text, decoder in zip(texts, decoders)]
+            yield render(prompt, texts), dict(tokens=n * num_samples, seconds=elapsed, first_token_s=first_token_s)
+
+
+def format_stats(stats, seed):
+    tokens_per_sec = stats["tokens"] / stats["seconds"] if stats["seconds"] > 0 else float("inf")
+    return (f"{stats['tokens']} tokens in {stats['seconds']:.2f} s: **{tokens_per_sec:.1f} tokens/s** "
+            f"(first token after {1000 * stats['first_token_s']:.0f} ms), seed {seed}")
+
+
+# -----------------------------------------------------------------------------
+# the run page: log.txt and metrics.jsonl, read only
+
+
+def read_metrics(path):
+    """The records of a metrics.jsonl; a line being written (no newline yet) or not JSON is skipped."""
+    if not os.path.isfile(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # train_gpt2.py is writing this line right now
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+    return records
+
+
+def run_status(run_dir):
+    """The latest numbers of a run: from metrics.jsonl where train_gpt2.py wrote one (the last record of each
+    kind, which after a resume is the resumed run's), else from log.txt (loss, val loss and HellaSwag only)."""
+    import plot_log
+
+    log_path, metrics_path = os.path.join(run_dir, "log.txt"), os.path.join(run_dir, "metrics.jsonl")
+    status = dict(step=None, max_steps=None, train_loss=None, val_step=None, val_loss=None, hella_step=None,
+                  hellaswag=None, tokens_per_sec=None, mfu=None, elapsed_s=None, eta_s=None, updated_s_ago=None,
+                  samples=[])
+    if os.path.isfile(log_path):
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            streams, _, _ = plot_log.parse_log(f)
+        for stream, step_key, value_key in (("train", "step", "train_loss"), ("val", "val_step", "val_loss"),
+                                            ("hella", "hella_step", "hellaswag")):
+            if streams.get(stream):
+                status[step_key], status[value_key] = next(reversed(streams[stream].items()))
+    latest = {}
+    for record in read_metrics(metrics_path):
+        latest[record["kind"]] = record
+        if record["kind"] == "samples":
+            status["samples"].append(record)
+    if "train" in latest:
+        train = latest["train"]
+        status.update(step=train["step"], train_loss=train.get("loss"), max_steps=train.get("max_steps"),
+                      tokens_per_sec=train.get("tokens_per_sec"), mfu=train.get("mfu"),
+                      elapsed_s=train.get("elapsed_s"), eta_s=train.get("eta_s"))
+    if "val" in latest:
+        status.update(val_step=latest["val"]["step"], val_loss=latest["val"].get("loss"))
+    if "hellaswag" in latest:
+        status.update(hella_step=latest["hellaswag"]["step"], hellaswag=latest["hellaswag"].get("acc_norm"))
+    written = [os.path.getmtime(p) for p in (log_path, metrics_path) if os.path.isfile(p)]
+    status["updated_s_ago"] = time.time() - max(written) if written else None
+    status["samples"] = status["samples"][-5:][::-1]  # the newest evals first
+    return status
+
+
+def tokens_per_step(run_dir):
+    """Tokens per optimizer step, for the chart's tokens axis: tokens/s x step time of a train record (the step
+    line's tokens/s is the step's tokens over its time), or None."""
+    for record in reversed(read_metrics(os.path.join(run_dir, "metrics.jsonl"))):
+        if record["kind"] == "train" and record.get("tokens_per_sec") and record.get("dt_ms"):
+            return max(1, round(record["tokens_per_sec"] * record["dt_ms"] / 1000))
+    return None
+
+
+def duration(seconds):
+    if seconds is None:
+        return "n/a"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def format_status(status):
+    """The run page's numbers as a Markdown table."""
+    def value(x, fmt):
+        return "n/a" if x is None else format(x, fmt)
+
+    step = "n/a" if status["step"] is None else str(status["step"])
+    if status["max_steps"]:
+        step += f" / {status['max_steps']}"
+    at = lambda key: f" (step {status[key]})" if status[key] is not None else ""
+    rows = [("step", step), ("train loss", value(status["train_loss"], ".6f")),
+            ("val loss", value(status["val_loss"], ".4f") + at("val_step")),
+            ("HellaSwag acc_norm", value(status["hellaswag"], ".4f") + at("hella_step")),
+            ("tokens/s", value(status["tokens_per_sec"], ",.0f")),
+            ("MFU", "n/a" if status["mfu"] is None else f"{100 * status['mfu']:.1f}%"),
+            ("elapsed", duration(status["elapsed_s"])), ("ETA", duration(status["eta_s"])),
+            ("last written", "n/a" if status["updated_s_ago"] is None else f"{duration(status['updated_s_ago'])} ago")]
+    return "| | |\n|---|---|\n" + "\n".join(f"| {name} | {text} |" for name, text in rows)
+
+
+def format_samples(status):
+    if not status["samples"]:
+        return "no samples yet: train_gpt2.py writes them at each --sample-every step"
+    return "\n\n".join(f"--- step {record['step']}, sample {i + 1} ---\n{text}" for record in status["samples"]
+                       for i, text in enumerate(record.get("samples", [])))
+
+
+class Chart:
+    """plot_log.py's figure as an image, drawn again only when log.txt changed."""
+
+    def __init__(self, run_dir):
+        self.run_dir, self.key, self.image = run_dir, None, None
+
+    def get(self):
+        import plot_log
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        path = os.path.join(self.run_dir, "log.txt")
+        if not os.path.isfile(path):
+            return None
+        stat = os.stat(path)
+        if (stat.st_mtime_ns, stat.st_size) != self.key:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                streams, _, _ = plot_log.parse_log(f)
+            if not any(streams.get(name) for name in plot_log.PLOTTED_STREAMS):
+                return None
+            label = plot_log.run_label(path)
+            fig = plot_log.make_figure([(label, streams)], tokens_per_step=tokens_per_step(self.run_dir) or 524288)
+            canvas = FigureCanvasAgg(fig)
+            canvas.draw()
+            self.image = np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+            self.key = (stat.st_mtime_ns, stat.st_size)
+        return self.image
+
+
+# -----------------------------------------------------------------------------
+# the page
+
+
+def import_gradio():
+    """Gradio, imported with analytics and its version check off and localhost kept off any proxy."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no analytics, no version check at start-up
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    for name in ("no_proxy", "NO_PROXY"):  # Gradio calls its own URL at start-up; a proxy must not see that
+        hosts = [h for h in os.environ.get(name, "").split(",") if h]
+        os.environ[name] = ",".join(hosts + [h for h in ("127.0.0.1", "localhost", "::1") if h not in hosts])
+    try:
+        import gradio
+    except ImportError:
+        raise ImportError("app.py needs Gradio: pip install -r requirements-app.txt") from None
+    return gradio
+
+
+def build_app(source, enc, device, dtype, max_new_tokens, refresh):
+    gr = import_gradio()
+
+    def refuse(error):
+        """A user's mistake: its sentence on the page, one line on the console, no traceback."""
+        print(f"app.py: refused: {error}", file=sys.stderr)
+        return gr.Error(str(error), print_exception=False)
+
+    def choices_update(current):
+        names = source.choices()
+        value = current if current in names else (names[0] if names else None)
+        return gr.Dropdown(choices=names, value=value)
+
+    def select(name):
+        """Load the chosen model (in the device's queue) and describe it."""
+        if not name:
+            return "no checkpoint yet: the list fills as training writes model_XXXXX.pt files"
+        try:
+            return describe(source.get(name), name)
+        except (OSError, ValueError) as e:
+            raise refuse(e) from None
+
+    def generate(name, prompt, max_tokens, temperature, top_k, top_p, seed, num_samples):
+        try:
+            request = check_request(prompt, max_tokens, temperature, top_k, top_p, seed, num_samples, max_new_tokens)
+            name = name or next(iter(source.choices()), None)  # nothing chosen yet: the newest
+            if not name:
+                raise ValueError("no checkpoint to generate from yet: wait for training to write one")
+            model = source.get(name)
+        except (OSError, ValueError) as e:
+            raise refuse(e) from None
+        prompt, max_tokens, temperature, top_k, top_p, seed, num_samples = request
+        seed = seed if seed >= 0 else int.from_bytes(os.urandom(4), "little")  # as sample.py without --seed
+        try:
+            for text, stats in generate_stream(model, enc, prompt, max_tokens, temperature, top_k, top_p, seed,
+                                               num_samples, device, dtype):
+                yield text, format_stats(stats, seed)
+        except ValueError as e:
+            raise refuse(e) from None
+
+    def run_page():
+        if not source.run_dir:
+            return None, "no run directory: start the app with `-c log/` to watch a run", ""
+        status = run_status(source.run_dir)
+        return chart.get(), format_status(status), format_samples(status)
+
+    def api_run_status() -> dict | None:
+        """The run page's numbers as JSON (None without a run directory)."""
+        return run_status(source.run_dir) if source.run_dir else None
+
+    def api_checkpoints() -> list[str]:
+        """The names the checkpoint list offers, newest first."""
+        return source.choices()
+
+    chart = Chart(source.run_dir) if source.run_dir else None
+    names = source.choices()
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # system fonts: no font download
+                              font_mono=["ui-monospace", "monospace"])
+    with gr.Blocks(title="GPT-2", analytics_enabled=False) as app:
+        gr.Markdown("## Generate")
+        with gr.Row():
+            checkpoint = gr.Dropdown(names, value=names[0] if names else None, label="model", scale=3,
+                                     allow_custom_value=True)  # checked by ModelSource, not by Gradio
+            info = gr.Markdown(elem_id="model-info")
+        prompt = gr.Textbox("Hello, I'm a language model,", label="prompt", lines=3, elem_id="prompt")
+        with gr.Row():
+            max_tokens = gr.Slider(1, max_new_tokens, value=min(100, max_new_tokens), step=1, label="max new tokens")
+            temperature = gr.Slider(0, TEMPERATURE_MAX, value=1.0, step=0.05, label="temperature (0: greedy)")
+            top_k = gr.Slider(0, 200, value=50, step=1, label="top-k (0: off)")
+            top_p = gr.Slider(0.01, 1, value=1.0, step=0.01, label="top-p (1: off)")
+        with gr.Row():
+            seed = gr.Number(-1, precision=0, label="seed (-1: a fresh one)")
+            num_samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="samples")
+            run_button = gr.Button("Generate", variant="primary", elem_id="generate")
+            stop_button = gr.Button("Stop", elem_id="stop")
+        output = gr.Textbox(label="text", lines=12, interactive=False, elem_id="output")
+        stats = gr.Markdown(elem_id="stats")
+        inputs = [checkpoint, prompt, max_tokens, temperature, top_k, top_p, seed, num_samples]
+        device_queue = dict(concurrency_limit=1, concurrency_id="device")  # one generation (or load) at a time
+        job = run_button.click(generate, inputs, [output, stats], api_name="generate", **device_queue)
+        prompt.submit(generate, inputs, [output, stats], api_visibility="private", **device_queue)
+        stop_button.click(None, cancels=[job], api_visibility="private")
+        checkpoint.change(select, checkpoint, info, api_visibility="private", **device_queue)  # picked or new
+        # each page load lists the checkpoints as they are now (the page was built when the app started)
+        app.load(choices_update, checkpoint, checkpoint, api_visibility="private").then(
+            select, checkpoint, info, api_visibility="private", **device_queue)
+        if source.run_dir:
+            gr.Timer(refresh).tick(choices_update, checkpoint, checkpoint, api_visibility="private",
+                                   show_progress="hidden")
+        gr.api(api_checkpoints, api_name="checkpoints")
+        gr.api(api_run_status, api_name="run_status")
+    with app.route("Run", "/run"):
+        gr.Markdown("## Training run" + (f": `{source.run_dir}`" if source.run_dir else ""))
+        chart_image = gr.Image(label="loss and HellaSwag (plot_log.py)", interactive=False, elem_id="chart",
+                               show_label=True, format="png")
+        with gr.Row():
+            numbers = gr.Markdown(elem_id="run-status")
+            samples = gr.Textbox(label="samples at each eval, newest first", lines=12, interactive=False,
+                                 elem_id="samples")
+        page_outputs = [chart_image, numbers, samples]
+        app.load(run_page, None, page_outputs, api_visibility="private")
+        gr.Timer(refresh).tick(run_page, None, page_outputs, api_visibility="private", show_progress="hidden")
+    return app, theme
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    if args.checkpoint and not os.path.exists(args.checkpoint):
+        raise FileNotFoundError(f"{args.checkpoint} does not exist: pass a run directory such as log/ or a "
+                                f"checkpoint file")
+    source = ModelSource(args.checkpoint, args.model, device)
+    from fineweb import get_tokenizer
+    enc = get_tokenizer()
+    if source.choices():
+        source.get(source.choices()[0])  # a bad checkpoint fails here, not on the page
+    app, theme = build_app(source, enc, device, dtype, args.max_new_tokens, args.refresh)
+    print(f"app.py: {args.checkpoint or args.model} on {device} ({dtype}); {len(source.choices())} checkpoint(s)",
+          file=sys.stderr)
+    app.queue(default_concurrency_limit=1, max_size=64)
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, theme=theme, show_error=False,
+               ssr_mode=False, footer_links=["api"], inbrowser=False, quiet=False)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ImportError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

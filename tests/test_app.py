@@ -1,0 +1,383 @@
+"""
+app.py as a user meets it: the app runs as a subprocess on 127.0.0.1 on a free port, with a proxy variable that
+points at a listener which must never see a connection; gradio_client talks to its API, and a real headless
+Chromium (Debian's chromium + chromium-driver, through Selenium) clicks through both pages. One app process
+serves the whole module; the model is tiny.
+
+README's screenshots come from the browser test pointed at a demo run:
+    python fineweb.py --demo && python train_gpt2.py --demo
+    APP_SCREENSHOT_RUN=log/demo APP_SCREENSHOT_DIR=docs python -m pytest tests/test_app.py -k browser
+"""
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import gradio_client
+import pytest
+import torch
+from gradio_client.exceptions import AppError
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+import sample
+from model import GPT, GPTConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)
+CAP = 48  # the app's --max-new-tokens
+LOCAL = {"no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,1100"]
+
+
+def write_checkpoint(path, seed):
+    """A tiny model as train_gpt2.py saves it: a temporary file, then renamed."""
+    torch.manual_seed(seed)
+    config = GPTConfig(**TINY)
+    torch.save({"model": GPT(config).state_dict(), "config": dataclasses.asdict(config), "step": 10}, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+LOG = "0 train 10.950000\n0 val 10.9400\n1 train 10.100000\n0 hella 0.2500\n2 train 9.712345\n2 val 9.8765\n"
+METRICS = [
+    dict(step=0, kind="val", loss=10.94),
+    dict(step=0, kind="hellaswag", acc=0.24, acc_norm=0.25, harness_acc=0.23, harness_acc_norm=0.26, n=100),
+    dict(step=0, kind="train", loss=10.95, lr=1e-4, norm=2.0, dt_ms=400.0, tokens_per_sec=1280.0, mfu=None,
+         elapsed_s=None, eta_s=None, max_steps=10),
+    dict(step=1, kind="train", loss=10.1, lr=2e-4, norm=1.5, dt_ms=410.0, tokens_per_sec=1248.78, mfu=0.0123,
+         elapsed_s=5.5, eta_s=3725.0, max_steps=10),
+    dict(step=2, kind="samples", samples=["Hello, I'm a language model, and", "Hello, I'm a language model, so"]),
+    dict(step=2, kind="train", loss=9.712345, lr=3e-4, norm=1.25, dt_ms=400.0, tokens_per_sec=1280.0, mfu=0.0125,
+         elapsed_s=6.0, eta_s=3600.0, max_steps=10),
+    dict(step=2, kind="val", loss=9.8765),
+]
+
+
+class ProxyTrap:
+    """A TCP listener standing in for a proxy: it counts the connections anything makes to it."""
+
+    def __init__(self):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(source_flags, proxy_url, log_path, extra=()):
+    """app.py on a free port; returns (process, url) once its page answers (deadline 180 s)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy")}
+    env.update({name: proxy_url for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")})
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", GRADIO_TEMP_DIR=os.path.join(os.path.dirname(log_path),
+                                                                                       "gradio_tmp"))
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "app.py"), *source_flags, "--port", str(port),
+                             "--max-new-tokens", str(CAP), "--refresh", "0.5", "--device", "cpu", *extra],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # this process: no proxy either
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app.py exited with {proc.returncode}:\n{open(log_path).read()[-3000:]}")
+        try:
+            if opener.open(url, timeout=5).status == 200:
+                return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"app.py did not answer within 180 s:\n{open(log_path).read()[-3000:]}")
+
+
+def stop_app(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("run")
+    write_checkpoint(directory / "model_00010.pt", seed=0)
+    (directory / "log.txt").write_text(LOG)
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in METRICS) + '{"step": 3, "ki')
+    return directory
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory):
+    """A valid checkpoint the app was not told about."""
+    directory = tmp_path_factory.mktemp("outside")
+    write_checkpoint(directory / "model_00099.pt", seed=1)
+    return directory / "model_00099.pt"
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    trap = ProxyTrap()
+    yield trap
+    trap.server.close()
+
+
+@pytest.fixture(scope="module")
+def app(run_dir, proxy, tmp_path_factory):
+    log_path = str(tmp_path_factory.mktemp("app") / "app.log")
+    proc, url = start_app(["-c", str(run_dir)], proxy.url, log_path)
+    yield dict(url=url, log=log_path, proc=proc)
+    stop_app(proc)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    for name, value in LOCAL.items():
+        os.environ.setdefault(name, value)
+    return gradio_client.Client(app["url"], verbose=False, analytics_enabled=False, download_files=False)
+
+
+def generate(client, name="model_00010.pt", prompt="Hello, I'm a language model,", max_new_tokens=20,
+             temperature=1.0, top_k=50, top_p=1.0, seed=42, num_samples=1):
+    text, stats = client.predict(name, prompt, max_new_tokens, temperature, top_k, top_p, seed, num_samples,
+                                 api_name="/generate")
+    return text, stats
+
+
+# -----------------------------------------------------------------------------
+# generation
+
+
+@pytest.mark.parametrize("num_samples, temperature, top_k, top_p", [(1, 0.8, 40, 0.9), (3, 1.0, 50, 1.0)])
+def test_generation_equals_sample_py(client, run_dir, capsys, num_samples, temperature, top_k, top_p):
+    prompt = "The meaning of life is"
+    text, stats = generate(client, prompt=prompt, max_new_tokens=30, temperature=temperature, top_k=top_k,
+                           top_p=top_p, seed=123, num_samples=num_samples)
+    flags = ["-c", str(run_dir / "model_00010.pt"), "--prompt", prompt, "--max-new-tokens", "30", "--temperature",
+             str(temperature), "--top-k", str(top_k), "--seed", "123", "--num-samples", str(num_samples),
+             "--device", "cpu"] + (["--top-p", str(top_p)] if top_p < 1 else [])
+    sample.main(flags)
+    assert text + "\n" == capsys.readouterr().out
+    assert f"{30 * num_samples} tokens in" in stats and "tokens/s" in stats and "seed 123" in stats
+
+
+def test_streaming_yields_partial_outputs_that_grow(client):
+    job = client.submit("model_00010.pt", "Hello", 40, 1.0, 0, 1.0, 7, 1, api_name="/generate")
+    final_text, _ = job.result(timeout=120)
+    texts = [text for text, _ in job.outputs()]
+    assert len(texts) >= 10 and texts[-1] == final_text  # one update per token (some updates may merge)
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+    assert "\ufffd" not in "".join(texts[:-1]) or "\ufffd" in final_text  # no half characters mid-stream
+
+
+# the sliders' own range checks (Gradio's messages) come first; the app checks everything again (its messages)
+@pytest.mark.parametrize("field, value, message", [
+    ("max_new_tokens", 0, "Value 0 is less than minimum value 1."),
+    ("max_new_tokens", CAP + 1, f"Value {CAP + 1} is greater than maximum value {CAP}."),
+    ("temperature", -0.5, "Value -0.5 is less than minimum value 0."),
+    ("temperature", 2.5, "Value 2.5 is greater than maximum value 2.0."),
+    ("top_k", -1, "Value -1 is less than minimum value 0."),
+    ("top_k", 2.5, "top-k must be a whole number, got 2.5"),
+    ("top_p", 0, "Value 0 is less than minimum value 0.01."),
+    ("top_p", 1.5, "Value 1.5 is greater than maximum value 1."),
+    ("num_samples", 9, "Value 9 is greater than maximum value 8."),
+    ("seed", -2, "seed must be -1 (a fresh one) or in 0..2**63-1, got -2"),
+    ("prompt", "hello " * 65, "the prompt is 66 tokens; this model reads at most 64 (its context)"),
+    ("prompt", "x" * 100_001, "the prompt has 100,001 characters; the limit is 100,000"),
+])
+def test_out_of_range_requests_get_a_clear_message(client, field, value, message):
+    with pytest.raises(AppError) as error:
+        generate(client, **{field: value})
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("name", ["../outside/model_00099.pt", "OUTSIDE", "/etc/passwd", "model_00010.pt/..",
+                                  "./model_00010.pt", "log.txt", "metrics.jsonl", ""])
+def test_no_path_from_the_page_is_opened(client, run_dir, outside, name):
+    name = str(outside) if name == "OUTSIDE" else name
+    name = os.path.relpath(outside, run_dir) if name.startswith("../outside") else name
+    if name == "":  # nothing chosen: the newest checkpoint of the run directory, never anything else
+        text, _ = generate(client, name="", max_new_tokens=5)
+        assert text == generate(client, name="model_00010.pt", max_new_tokens=5)[0]
+        return
+    with pytest.raises(AppError) as error:
+        generate(client, name=name, max_new_tokens=5)
+    assert "is not one of this app's checkpoints" in str(error.value)
+
+
+def test_gradio_does_not_serve_the_run_directory(app, run_dir, outside):
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for path in (run_dir / "model_00010.pt", run_dir / "log.txt", outside, "/etc/passwd"):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            opener.open(f"{app['url']}gradio_api/file={path}", timeout=30)
+        assert error.value.code in (403, 404)
+
+
+def test_a_checkpoint_written_while_the_app_runs_is_listed_first_and_used(client, run_dir):
+    assert client.predict(api_name="/checkpoints") == ["model_00010.pt"]
+    write_checkpoint(run_dir / "model_00020.pt", seed=5)
+    deadline = time.monotonic() + 60
+    while client.predict(api_name="/checkpoints") != ["model_00020.pt", "model_00010.pt"]:
+        assert time.monotonic() < deadline, client.predict(api_name="/checkpoints")
+        time.sleep(0.2)
+    new, old = (generate(client, name=name, seed=3)[0] for name in ("model_00020.pt", "model_00010.pt"))
+    assert new != old  # other weights, switched without a restart
+    os.remove(run_dir / "model_00020.pt")  # and a pruned checkpoint leaves the list
+    deadline = time.monotonic() + 60
+    while client.predict(api_name="/checkpoints") != ["model_00010.pt"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    with pytest.raises(AppError):
+        generate(client, name="model_00020.pt")
+
+
+# -----------------------------------------------------------------------------
+# the run page
+
+
+def test_run_page_numbers_equal_the_logs(client):
+    status = client.predict(api_name="/run_status")
+    last_train = METRICS[5]
+    assert status["step"] == 2 and status["max_steps"] == 10
+    assert status["train_loss"] == last_train["loss"] == 9.712345  # log.txt's last train line, unrounded
+    assert (status["val_step"], status["val_loss"]) == (2, 9.8765)
+    assert (status["hella_step"], status["hellaswag"]) == (0, 0.25)
+    assert status["tokens_per_sec"] == 1280.0 and status["mfu"] == 0.0125
+    assert status["elapsed_s"] == 6.0 and status["eta_s"] == 3600.0
+    assert [s["step"] for s in status["samples"]] == [2] and status["samples"][0]["samples"] == METRICS[4]["samples"]
+
+
+def test_run_status_reads_log_txt_alone(tmp_path):
+    import app
+    (tmp_path / "log.txt").write_text(LOG)
+    status = app.run_status(str(tmp_path))
+    assert (status["step"], status["train_loss"], status["val_loss"], status["hellaswag"]) == (2, 9.712345, 9.8765,
+                                                                                               0.25)
+    assert status["tokens_per_sec"] is None and status["eta_s"] is None
+    table = app.format_status(status)
+    assert "| train loss | 9.712345 |" in table and "| ETA | n/a |" in table and "| val loss | 9.8765 (step 2) |" in table
+
+
+# -----------------------------------------------------------------------------
+# a real browser
+
+
+def chromium(tmp_path):
+    for name, value in LOCAL.items():
+        os.environ.setdefault(name, value)
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path, prefix='chromium-')}"]:
+        options.add_argument(flag)
+    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    return webdriver.Chrome(service=service, options=options)
+
+
+def wait_for(driver, condition, timeout=90):
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+
+
+@pytest.mark.slow
+def test_browser_generates_text_and_shows_the_run_chart(app, proxy, tmp_path):
+    url, shots = app["url"], tmp_path
+    demo_run = os.environ.get("APP_SCREENSHOT_RUN")
+    if demo_run:  # README's screenshots: the same test on a demo run
+        proc, url = start_app(["-c", demo_run], proxy.url, str(tmp_path / "demo_app.log"), extra=["--refresh", "5"])
+    driver = chromium(tmp_path)
+    try:
+        driver.get(url)
+        prompt = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
+        wait_for(driver, lambda d: "parameters" in d.find_element(By.CSS_SELECTOR, "#model-info").text)
+        prompt.clear()
+        prompt.send_keys("The quick brown fox")
+        driver.find_element(By.CSS_SELECTOR, "#generate").click()
+        wait_for(driver, lambda d: "tokens/s" in d.find_element(By.CSS_SELECTOR, "#stats").text)
+        text = driver.find_element(By.CSS_SELECTOR, "#output textarea").get_attribute("value")
+        assert text.startswith("The quick brown fox") and len(text) > len("The quick brown fox")
+        driver.save_screenshot(str(shots / "app_generate.png"))
+
+        driver.get(url + "run")
+        chart = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#chart img"))
+        wait_for(driver, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
+                                                    chart) > 500)
+        wait_for(driver, lambda d: "train loss" in d.find_element(By.CSS_SELECTOR, "#run-status").text)
+        if not demo_run:
+            assert "9.712345" in driver.find_element(By.CSS_SELECTOR, "#run-status").text
+            assert "Hello, I'm a language model, and" in driver.find_element(
+                By.CSS_SELECTOR, "#samples textarea").get_attribute("value")
+        driver.save_screenshot(str(shots / "app_run.png"))
+    finally:
+        driver.quit()
+        if demo_run:
+            stop_app(proc)
+    assert (shots / "app_generate.png").stat().st_size > 10_000 and (shots / "app_run.png").stat().st_size > 10_000
+    if os.environ.get("APP_SCREENSHOT_DIR"):
+        for name in ("app_generate.png", "app_run.png"):
+            shutil.copy(shots / name, os.path.join(os.environ["APP_SCREENSHOT_DIR"], name))
+
+
+# -----------------------------------------------------------------------------
+# start-up, safety, errors
+
+
+def test_nothing_reached_for_the_network_and_refusals_are_one_line(app, proxy):
+    """Runs after the tests above: through all of them, the proxy variable's address was never dialled."""
+    assert proxy.connections == 0
+    log = open(app["log"]).read()
+    assert "Running on local URL:  http://127.0.0.1:" in log
+    assert 'app.py", line' not in log  # Gradio logs its sliders' refusals with a traceback; app.py's are one line
+    assert "app.py: refused: 'model_00020.pt' is not one of this app's checkpoints" in log
+    assert "public link" not in log.replace("To create a public link, set `share=True`", "")
+
+
+def test_bad_command_line_is_a_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "app.py"), "-c", str(tmp_path / "missing")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == f"error: {tmp_path / 'missing'} does not exist: pass a run directory such as log/ or a " \
+                            f"checkpoint file\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(max_new_tokens=0), f"max new tokens must be in 1..{CAP} (this app's --max-new-tokens), got 0"),
+    (dict(temperature=3), "temperature must be in 0..2.0 (0 is greedy), got 3.0"),
+    (dict(top_k=60000), "top-k must be in 0..50257 (0 turns it off), got 60000"),
+    (dict(top_p=0), "top-p must be in (0, 1] (1 turns it off), got 0.0"),
+    (dict(num_samples=9), "samples must be in 1..8, got 9"),
+    (dict(temperature="hot"), "temperature must be a number, got 'hot'"),
+    (dict(top_p=float("nan")), "top-p must be finite, got nan"),
+    (dict(seed=0.5), "seed must be a whole number, got 0.5"),
+])
+def test_the_app_checks_every_bound_itself(args, message):
+    import app
+    request = dict(prompt="hi", max_new_tokens=5, temperature=1.0, top_k=50, top_p=1.0, seed=-1, num_samples=1)
+    with pytest.raises(ValueError) as error:
+        app.check_request(**{**request, **args}, cap=CAP)
+    assert str(error.value) == message
