@@ -300,7 +300,7 @@ def format_status(status):
             ("MFU", "n/a" if status["mfu"] is None else f"{100 * status['mfu']:.1f}%"),
             ("elapsed", duration(status["elapsed_s"])), ("ETA", duration(status["eta_s"])),
             ("last written", "n/a" if status["updated_s_ago"] is None else f"{duration(status['updated_s_ago'])} ago")]
-    return "| | |\n|---|---|\n" + "\n".join(f"| {name} | {text} |" for name, text in rows)
+    return "| run | latest |\n|---|---|\n" + "\n".join(f"| {name} | {text} |" for name, text in rows)
 
 
 def format_samples(status):
@@ -389,12 +389,17 @@ def build_app(source, enc, device, dtype, max_new_tokens, refresh):
             raise refuse(e) from None
         prompt, max_tokens, temperature, top_k, top_p, seed, num_samples = request
         seed = seed if seed >= 0 else int.from_bytes(os.urandom(4), "little")  # as sample.py without --seed
+        done = 0
         try:
             for text, stats in generate_stream(model, enc, prompt, max_tokens, temperature, top_k, top_p, seed,
                                                num_samples, device, dtype):
+                done = stats["tokens"] // num_samples
                 yield text, format_stats(stats, seed)
         except ValueError as e:
             raise refuse(e) from None
+        except GeneratorExit:  # the Stop button (or a client's cancel) closed this generator
+            print(f"app.py: stopped after {done} of {max_tokens} tokens", file=sys.stderr)
+            raise
 
     def run_page():
         if not source.run_dir:
@@ -422,7 +427,8 @@ def build_app(source, enc, device, dtype, max_new_tokens, refresh):
             info = gr.Markdown(elem_id="model-info")
         prompt = gr.Textbox("Hello, I'm a language model,", label="prompt", lines=3, elem_id="prompt")
         with gr.Row():
-            max_tokens = gr.Slider(1, max_new_tokens, value=min(100, max_new_tokens), step=1, label="max new tokens")
+            max_tokens = gr.Slider(1, max_new_tokens, value=min(100, max_new_tokens), step=1, label="max new tokens",
+                                   elem_id="max-tokens")
             temperature = gr.Slider(0, TEMPERATURE_MAX, value=1.0, step=0.05, label="temperature (0: greedy)")
             top_k = gr.Slider(0, 200, value=50, step=1, label="top-k (0: off)")
             top_p = gr.Slider(0.01, 1, value=1.0, step=0.01, label="top-p (1: off)")

@@ -11,6 +11,7 @@ README's screenshots come from the browser test pointed at a demo run:
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -35,11 +36,11 @@ from model import GPT, GPTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)
-CAP = 48  # the app's --max-new-tokens
+CAP = 5000  # the app's --max-new-tokens: enough for a generation that is still running when it is stopped
 LOCAL = {"no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,1100"]
+                  "--window-size=1280,1280"]
 
 
 def write_checkpoint(path, seed):
@@ -218,6 +219,23 @@ def test_out_of_range_requests_get_a_clear_message(client, field, value, message
     assert str(error.value) == message
 
 
+def test_stop_ends_the_generation_and_frees_the_queue(client, app):
+    job = client.submit("model_00010.pt", "Hello", CAP, 1.0, 0, 1.0, 1, 1, api_name="/generate")
+    deadline = time.monotonic() + 120
+    while not job.outputs():  # streaming has begun
+        assert time.monotonic() < deadline and not job.done()
+        time.sleep(0.05)
+    job.cancel()  # what the Stop button does
+    deadline = time.monotonic() + 120
+    while "app.py: stopped after" not in open(app["log"]).read():
+        assert time.monotonic() < deadline, "the generation was not stopped"
+        time.sleep(0.1)
+    stopped = re.search(r"app\.py: stopped after (\d+) of (\d+) tokens", open(app["log"]).read())
+    assert 0 < int(stopped[1]) < CAP and int(stopped[2]) == CAP
+    text, _ = generate(client, max_new_tokens=5)  # the device is free again
+    assert text.startswith("Hello, I'm a language model,")
+
+
 @pytest.mark.parametrize("name", ["../outside/model_00099.pt", "OUTSIDE", "/etc/passwd", "model_00010.pt/..",
                                   "./model_00010.pt", "log.txt", "metrics.jsonl", ""])
 def test_no_path_from_the_page_is_opened(client, run_dir, outside, name):
@@ -309,7 +327,7 @@ def test_browser_generates_text_and_shows_the_run_chart(app, proxy, tmp_path):
     url, shots = app["url"], tmp_path
     demo_run = os.environ.get("APP_SCREENSHOT_RUN")
     if demo_run:  # README's screenshots: the same test on a demo run
-        proc, url = start_app(["-c", demo_run], proxy.url, str(tmp_path / "demo_app.log"), extra=["--refresh", "5"])
+        proc, url = start_app(["-c", demo_run], proxy.url, str(tmp_path / "demo_app.log"), extra=["--refresh", "5", "--max-new-tokens", "500"])
     driver = chromium(tmp_path)
     try:
         driver.get(url)
@@ -318,7 +336,9 @@ def test_browser_generates_text_and_shows_the_run_chart(app, proxy, tmp_path):
         prompt.clear()
         prompt.send_keys("The quick brown fox")
         driver.find_element(By.CSS_SELECTOR, "#generate").click()
-        wait_for(driver, lambda d: "tokens/s" in d.find_element(By.CSS_SELECTOR, "#stats").text)
+        wait_for(driver, lambda d: "tokens/s" in d.find_element(By.CSS_SELECTOR, "#stats").text)  # streaming
+        tokens = driver.find_element(By.CSS_SELECTOR, "#max-tokens input[type=number]").get_attribute("value")
+        wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#stats").text.startswith(f"{tokens} tokens in"))
         text = driver.find_element(By.CSS_SELECTOR, "#output textarea").get_attribute("value")
         assert text.startswith("The quick brown fox") and len(text) > len("The quick brown fox")
         driver.save_screenshot(str(shots / "app_generate.png"))
@@ -339,8 +359,10 @@ def test_browser_generates_text_and_shows_the_run_chart(app, proxy, tmp_path):
             stop_app(proc)
     assert (shots / "app_generate.png").stat().st_size > 10_000 and (shots / "app_run.png").stat().st_size > 10_000
     if os.environ.get("APP_SCREENSHOT_DIR"):
-        for name in ("app_generate.png", "app_run.png"):
-            shutil.copy(shots / name, os.path.join(os.environ["APP_SCREENSHOT_DIR"], name))
+        from PIL import Image
+        for name in ("app_generate.png", "app_run.png"):  # 256 colours: a third of the size, looks the same
+            image = Image.open(shots / name).convert("RGB").quantize(256)
+            image.save(os.path.join(os.environ["APP_SCREENSHOT_DIR"], name), optimize=True)
 
 
 # -----------------------------------------------------------------------------
@@ -363,6 +385,25 @@ def test_bad_command_line_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr == f"error: {tmp_path / 'missing'} does not exist: pass a run directory such as log/ or a " \
                             f"checkpoint file\n"
+
+
+def test_a_pruned_model_generates_what_sample_py_prints(tmp_path, capsys):
+    """Any config a checkpoint holds (here per-layer head counts, as heads.py writes them) goes through
+    GPT.from_checkpoint and model.config, in the app as in sample.py."""
+    import app
+    from fineweb import get_tokenizer
+    torch.manual_seed(0)
+    config = GPTConfig(**TINY, layer_heads=[2, 1])
+    path = tmp_path / "model_00005.pt"
+    torch.save({"model": GPT(config).state_dict(), "config": dataclasses.asdict(config), "step": 5}, path)
+    source = app.ModelSource(str(tmp_path), device="cpu")
+    model = source.get("model_00005.pt")
+    assert "layer_heads=[2, 1]" in app.describe(model, "model_00005.pt")
+    *_, (text, stats) = app.generate_stream(model, get_tokenizer(), "Once upon a time", 25, 0.9, 20, 1.0, 11, 2,
+                                            "cpu", "fp32")
+    sample.main(["-c", str(path), "--prompt", "Once upon a time", "--max-new-tokens", "25", "--temperature", "0.9",
+                 "--top-k", "20", "--seed", "11", "--num-samples", "2", "--device", "cpu"])
+    assert text + "\n" == capsys.readouterr().out and stats["tokens"] == 50
 
 
 @pytest.mark.parametrize("args, message", [
