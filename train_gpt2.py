@@ -92,6 +92,8 @@ def parse_args(argv=None):
     add("--skip-spikes", type=float, default=0.0, help="skip the update of a step whose loss is this many "
         "standard deviations above the mean of the last 100 (0: only NaN/inf losses are skipped)")
     add("--max-bad-steps", type=int, default=5, help="stop after this many skipped steps in a row (0: never)")
+    add("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project (None: off)")
+    add("--wandb-run", default=None, metavar="NAME", help="the W&B run's name (None: W&B picks one)")
     add("--demo", action="store_true", help="small preset for a CPU: " + " ".join(
         f"--{key.replace('_', '-')} {value}" for key, value in DEMO_PRESET.items()))
     args = parser.parse_args(argv)
@@ -401,6 +403,32 @@ def write_metrics(file, step, kind, **fields):
     file.write(json.dumps({"step": step, "kind": kind, **fields}) + "\n")
 
 
+def start_wandb(args, config, run_id):
+    """Rank 0's Weights & Biases run, with the whole config. A resumed training run continues the W&B run whose
+    id its checkpoint holds (resume="must"); a fresh one starts a new run, whose id the checkpoints keep."""
+    try:
+        import wandb
+    except ImportError:
+        raise FatalError("--wandb needs the wandb package: pip install wandb") from None
+    try:
+        return wandb.init(project=args.wandb, name=args.wandb_run, id=run_id, resume="must" if run_id else None,
+                          config=dict(args=vars(args), model=dataclasses.asdict(config)))
+    except Exception as e:  # not logged in, no network, a run id the project does not have, ...
+        reason = " ".join(str(e).split())[:300]
+        raise FatalError(f"--wandb {args.wandb}: could not start the W&B run ({type(e).__name__}: {reason}); run "
+                         f"`wandb login`, or set WANDB_MODE=offline and `wandb sync` later") from None
+
+
+def log_wandb(run, step, metrics):
+    """metrics at `step`; None values are left out, a list of strings becomes a table. A resumed run re-runs the
+    steps after its checkpoint, which the W&B run may already have (with the same values): those are skipped."""
+    if run is None or step < run.step:
+        return
+    import wandb
+    run.log({key: wandb.Table(columns=["sample"], data=[[text] for text in value]) if isinstance(value, list)
+             else value for key, value in metrics.items() if value is not None}, step=step)
+
+
 def fault_injection_hooks():
     """Fault injection for the tests, from environment variables real runs do not set: TRAIN_GPT2_TEST_LOSS_FACTOR=
     "3=nan,9=100" scales those steps' loss; TRAIN_GPT2_TEST_KILL_AT="rank:step" SIGKILLs that rank then (first torchrun
@@ -494,6 +522,7 @@ def main(argv=None):
 
     # resume the whole training state
     start_step, recent_losses, bad_streak, resumed_evals_done = 0, deque(maxlen=SPIKE_WINDOW), 0, False
+    wandb_run_id = None
     if checkpoint:
         raw_model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -504,6 +533,7 @@ def main(argv=None):
         start_step, bad_streak = checkpoint["step"], checkpoint["bad_steps"]
         recent_losses.extend(checkpoint["recent_losses"])
         resumed_evals_done = checkpoint["evals_done"]
+        wandb_run_id = checkpoint.get("wandb_run_id")
         del checkpoint  # its copy of the weights and optimizer state is not needed any more
     if ddp:  # a rank that found no checkpoint would start over alone: all nodes must share the log dir
         steps = torch.tensor([start_step, -start_step], device=device)
@@ -524,6 +554,8 @@ def main(argv=None):
     # each record is on disk as soon as it is written)
     metrics_file = open(os.path.join(args.log_dir, "metrics.jsonl"), "a" if resume_path else "w",
                         buffering=1, encoding="utf-8") if master else None
+    wandb_run = start_wandb(args, config, wandb_run_id) if master and args.wandb else None
+    wandb_run_id = wandb_run.id if wandb_run else wandb_run_id  # kept in every checkpoint, even without --wandb
 
     # compile for training and val (fixed shapes); HellaSwag and sampling have varying shapes and use
     # raw_model, which shares the parameters, so nothing recompiles and nothing breaks
@@ -565,7 +597,8 @@ def main(argv=None):
             model=raw_model.state_dict(), config=dataclasses.asdict(config), step=step, val_loss=val_loss,
             optimizer=optimizer.state_dict(), loader=train_loader.state_dict(), rng=states,
             grad_scaler=scaler.state_dict() if scaler else None, args=vars(args), evals_done=evals_done,
-            recent_losses=list(recent_losses), bad_steps=bad_streak), hooks["checkpoint_sleep"])
+            recent_losses=list(recent_losses), bad_steps=bad_streak, wandb_run_id=wandb_run_id),
+            hooks["checkpoint_sleep"])
         if args.keep_checkpoints:
             for _, old in find_checkpoints(args.log_dir)[:-args.keep_checkpoints]:
                 os.remove(old)
@@ -594,6 +627,7 @@ def main(argv=None):
                     print(f"step {step:5d} | val loss {val_loss:.4f}")
                     append_log(log_file, f"{step} val {val_loss:.4f}")
                     write_metrics(metrics_file, step, "val", loss=val_loss)
+                    log_wandb(wandb_run, step, {"val/loss": val_loss})
             if hellaswag_examples and due(args.hellaswag_every, step, args.max_steps):
                 import hellaswag
                 result = hellaswag.evaluate(raw_model, hellaswag_examples, device, autocast_dtype=ptdtype, rank=rank,
@@ -605,9 +639,12 @@ def main(argv=None):
                     append_log(log_file, f"{step} hella {result['acc_norm']:.4f}")
                     write_metrics(metrics_file, step, "hellaswag", **{k: result[k] for k in (
                         "acc", "acc_norm", "harness_acc", "harness_acc_norm", "n")})
+                    log_wandb(wandb_run, step, {f"hellaswag/{k}": result[k] for k in (
+                        "acc", "acc_norm", "harness_acc", "harness_acc_norm")})
             if enc is not None and step > 0 and due(args.sample_every, step, args.max_steps):
                 samples = print_samples(raw_model, enc, step, args.seed, device, autocast, args.sample_tokens)
                 write_metrics(metrics_file, step, "samples", samples=samples)
+                log_wandb(wandb_run, step, {"samples": samples})
         if step > start_step and due(args.checkpoint_every, step, args.max_steps):
             write_checkpoint(step, val_loss, evals_done=True)
         if step == args.max_steps:
@@ -676,6 +713,9 @@ def main(argv=None):
             write_metrics(metrics_file, step, "train", loss=train_loss, lr=lr, norm=norm, dt_ms=dt * 1000,
                           tokens_per_sec=tokens_per_sec, mfu=mfu, elapsed_s=None, eta_s=None,
                           max_steps=args.max_steps)
+            log_wandb(wandb_run, step, {"train/loss": train_loss, "train/lr": lr, "train/norm": norm,
+                                        "train/dt_ms": dt * 1000, "train/tokens_per_sec": tokens_per_sec,
+                                        "train/mfu": mfu, "train/skipped": int(bad)})
         if args.max_bad_steps and bad_streak >= args.max_bad_steps:
             kept = find_checkpoints(args.log_dir)[-1:] or [(0, "none")]
             raise Diverged(f"{bad_streak} steps in a row, up to step {step}, had a non-finite or spiking loss: "

@@ -4,7 +4,10 @@ for DDP), on a tiny model and shards this file writes. The equivalences are the 
 accumulation, resume = uninterrupted, killed/preempted/restarted = undisturbed. Runs are shared between tests
 through module-scoped fixtures, because each process start costs seconds.
 """
+import functools
+import glob
 import json
+import math
 import os
 import random
 import re
@@ -518,3 +521,126 @@ def test_help_shows_every_default_and_demo_preset_yields_to_flags(capsys):
     demo = train_gpt2.parse_args(["--demo", "--max-steps", "7"])
     assert demo.data_dir == "demo_shards" and demo.n_layer == 4 and demo.max_steps == 7
     assert train_gpt2.parse_args([]).max_steps == 19073
+
+
+# -----------------------------------------------------------------------------
+# --wandb: what an offline W&B run recorded, read back from its .wandb files, against log.txt and metrics.jsonl
+
+def wandb_records(path):
+    """The protobuf Records of a .wandb file. wandb 0.31 ships no Python reader for it (wandb.sdk.internal.
+    datastore is gone), so this reads its framing, LevelDB's log format: a 7-byte header (":W&B", 0xBEE1,
+    version 0), then 32 KiB blocks of chunks, each a crc32, a 2-byte length and a type (1 full, 2 first,
+    3 middle, 4 last); the payloads are wandb's own wandb_internal_pb2.Record messages."""
+    from wandb.proto import wandb_internal_pb2
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:4] == b":W&B" and data[4:6] == (0xBEE1).to_bytes(2, "little") and data[6] == 0
+    records, position, pending = [], 7, b""
+    while position + 7 <= len(data):
+        left_in_block = 32768 - position % 32768
+        if left_in_block < 7:  # a block's tail too short for a chunk header is padding
+            position += left_in_block
+            continue
+        length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
+        if kind == 0:  # zero padding at the end of the file
+            break
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def read_wandb_dir(wandb_dir):
+    """[(run id, config dict, {step: {key: value}})], one per process that logged, oldest first."""
+    segments = []
+    for run_dir in sorted(glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*"))):
+        (path,) = glob.glob(os.path.join(run_dir, "run-*.wandb"))
+        run_id, config, history = None, {}, {}
+        for record in wandb_records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                run_id = record.run.run_id
+                config.update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+            elif kind == "config":
+                config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+            elif kind == "history":
+                row = {}
+                for item in record.history.item:  # a logged dict (a table's reference) comes as nested keys
+                    *parents, key = item.nested_key or [item.key]
+                    functools.reduce(lambda d, k: d.setdefault(k, {}), parents, row)[key] = json.loads(item.value_json)
+                history.setdefault(row.pop("_step"), {}).update(row)
+        segments.append((run_dir, run_id, config, history))
+    return segments
+
+
+@pytest.mark.slow
+def test_wandb_offline_logs_steps_evals_and_samples_once_across_a_resume(tmp_path, data_dir):
+    log_dir, wandb_dir = str(tmp_path / "log"), str(tmp_path / "wandb")
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": wandb_dir, "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
+           "HELLASWAG_CACHE": write_hellaswag(tmp_path / "hellaswag"), "TRAIN_GPT2_TEST_LOSS_FACTOR": "5=nan"}
+    os.makedirs(wandb_dir)
+    args = ["--data-dir", data_dir, "--log-dir", log_dir] + TINY + GPT2_VOCAB + [
+        "--max-steps", "8", "--hellaswag-every", "4", "--sample-every", "4", "--wandb", "tiny-project",
+        "--wandb-run", "tiny"]
+    proc = start(args, {**env, "TRAIN_GPT2_TEST_STEP_SLEEP": "0.3"})
+    wait_for_line(proc, r"step +2 \| loss ")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    stopped_at = max(read_log(log_dir)["train"]) + 1
+    assert 3 <= stopped_at < 8
+    run(args, env)  # the same command resumes
+
+    segments = read_wandb_dir(wandb_dir)
+    assert len(segments) == 2
+    (_, first_id, config, first), (_, second_id, _, second) = segments
+    assert first_id == second_id == load_checkpoint(os.path.join(log_dir, "model_00008.pt"))["wandb_run_id"]
+    assert config["args"]["max_steps"] == 8 and config["args"]["wandb_run"] == "tiny"
+    assert config["model"]["n_embd"] == 32 and config["model"]["vocab_size"] == 50304
+    assert max(first) < stopped_at <= min(second)  # the resumed process logs no step twice
+    history = {**first, **second}
+
+    log, records = read_log(log_dir), read_metrics(log_dir)
+    train_steps = {**log["train"], **log["skip"]}
+    assert sorted(step for step, row in history.items() if "train/loss" in row) == sorted(train_steps) == list(range(8))
+    for record in records:
+        row = history[record["step"]]
+        if record["kind"] == "train":
+            for key in ("lr", "norm", "dt_ms", "tokens_per_sec"):  # metrics.jsonl writes NaN as null
+                assert row[f"train/{key}"] == record[key] or record[key] is None and math.isnan(row[f"train/{key}"])
+            assert "train/mfu" not in row  # unknown on a CPU: not logged
+            assert row["train/skipped"] == (record["step"] == 5)
+            if record["step"] == 5:
+                assert math.isnan(row["train/loss"])
+            else:
+                assert row["train/loss"] == record["loss"]
+                assert round(row["train/loss"], 6) == log["train"][record["step"]]
+        elif record["kind"] == "val":
+            assert row["val/loss"] == record["loss"] and round(record["loss"], 4) == log["val"][record["step"]]
+        elif record["kind"] == "hellaswag":
+            assert {k: row[f"hellaswag/{k}"] for k in ("acc", "acc_norm", "harness_acc", "harness_acc_norm")} == {
+                k: record[k] for k in ("acc", "acc_norm", "harness_acc", "harness_acc_norm")}
+            assert round(record["acc_norm"], 4) == log["hella"][record["step"]]
+        elif record["kind"] == "samples":
+            table = row["samples"]
+            assert table["_type"] == "table-file"
+            run_dir = segments[0][0] if record["step"] < stopped_at else segments[1][0]
+            with open(os.path.join(run_dir, "files", table["path"])) as f:
+                assert [text for (text,) in json.load(f)["data"]] == record["samples"]
+    assert {r["step"] for r in records if r["kind"] == "val"} == {0, 2, 4, 6, 8}
+    assert {r["step"] for r in records if r["kind"] == "samples"} == {4, 8}
+    assert {step for step, row in history.items() if "val/loss" in row} == {0, 2, 4, 6, 8}
+
+
+def test_wandb_missing_is_a_one_line_error(tmp_path, data_dir):
+    code = ("import runpy, sys; sys.modules['wandb'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code, SCRIPT, "--data-dir", data_dir, "--log-dir",
+                             str(tmp_path / "log")] + TINY + ["--wandb", "p"], cwd=ROOT, env=environment(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --wandb needs the wandb package: pip install wandb"]
