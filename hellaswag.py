@@ -32,7 +32,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import fineweb
-from distributed import destroy_process_group
+from distributed import destroy_process_group, init_process_group
 from model import GPT, GPT2_VOCAB_SIZE
 
 OFFICIAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data"
@@ -418,7 +418,7 @@ def main(argv=None):
         if torch.device(device).type == "cuda":
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        init_process_group("nccl" if device.startswith("cuda") else "gloo", rank, world_size)
     succeeded = False
     try:
         dtype = resolve_dtype(args.dtype, device)

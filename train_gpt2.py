@@ -5,7 +5,8 @@ HellaSwag, samples and checkpoints.
 
     python train_gpt2.py                                    # 1 GPU: gradient accumulation makes up the batch
     torchrun --standalone --nproc_per_node=8 train_gpt2.py  # one 8-GPU node
-    torchrun --nnodes=N --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT train_gpt2.py
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes=N --nproc_per_node=8 --rdzv_backend=c10d \
+        --rdzv_endpoint=HOST:PORT --max-restarts=3 train_gpt2.py   # on each node (README: why the variable)
     python fineweb.py --demo && python train_gpt2.py --demo # a small model on a laptop CPU, a few minutes
 
 Data order. A shard of n tokens holds (n-1)//T windows of T+1 tokens at stride T. Epoch e visits the train
