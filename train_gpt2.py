@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import memory
 from distributed import destroy_process_group, init_process_group
 from model import GPT, PRESETS, GPTConfig, estimate_mfu, flops_per_token, format_mfu, find_checkpoints, load_checkpoint
 
@@ -86,6 +87,9 @@ def parse_args(argv=None):
     add("--keep-checkpoints", type=int, default=0, help="keep only the newest K checkpoints (0: keep all)")
     add("--resume", default="auto", help="'auto': the newest checkpoint in --log-dir, if any; a path; or 'none'")
     add("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (None: on CUDA only)")
+    add("--shard-optimizer", action="store_true", help="ZeRO-1: shard the optimizer states over the ranks "
+        "(torch.distributed.optim.ZeroRedundancyOptimizer)")
+    add("--fsdp", action="store_true", help="FSDP2: shard parameters, gradients and optimizer states over the ranks")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="autocast dtype (auto: bf16 on "
         "CUDA where supported, else fp16 with a GradScaler; fp32 on CPU and MPS)")
@@ -122,6 +126,8 @@ def check_args(args, config, world_size):
     flag = lambda name: "--" + name.replace("_", "-")
     positive = ["batch_size", "seq_len", "total_batch_size", "vocab_size", "n_layer", "n_head", "n_embd",
                 "sample_tokens", "max_lr"] + ([] if args.epochs else ["max_steps"])
+    if args.fsdp and args.shard_optimizer:
+        raise FatalError("--fsdp shards the optimizer states already: pass --fsdp or --shard-optimizer, not both")
     for name in positive:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise FatalError(f"{flag(name)} must be positive, got {getattr(args, name)}")
@@ -285,29 +291,32 @@ SPIKE_WINDOW, SPIKE_MIN_HISTORY = 100, 10  # losses of accepted steps the spike 
 
 
 @torch.no_grad()
-def evaluate_val(model, loader, n_batches, device, autocast, rank, world_size):
+def evaluate_val(model, loader, n_batches, device, autocast, rank, world_size, lockstep=False):
     """Mean loss over the first n_batches of the val stream; rank r takes batches r, r + world_size... Summed in
-    float64, where adding float32 losses in any order gives the same result: the same val loss for any world size."""
+    float64, where adding float32 losses in any order gives the same result: the same val loss for any world size.
+    lockstep (FSDP): every rank runs as many forwards, a rank past the end repeating batch 0 without counting it."""
     acc_dtype = torch.float32 if device.startswith("mps") else torch.float64  # MPS has no float64
     total = torch.zeros(2, dtype=acc_dtype, device=device)  # (sum of batch losses, batches)
-    for i in range(rank, n_batches, world_size):
-        x, y = to_device(loader.batch(i * loader.B), device)
+    end = -(-n_batches // world_size) * world_size if lockstep else n_batches
+    for i in range(rank, end, world_size):
+        x, y = to_device(loader.batch(i * loader.B if i < n_batches else 0), device)
         with autocast:
             _, loss = model(x, y)
-        total += torch.stack([loss.to(acc_dtype), torch.ones((), dtype=acc_dtype, device=device)])
+        if i < n_batches:
+            total += torch.stack([loss.to(acc_dtype), torch.ones((), dtype=acc_dtype, device=device)])
     if world_size > 1:
         dist.all_reduce(total)
     return (total[0] / total[1]).item()
 
 
-def print_samples(model, enc, step, seed, device, autocast, max_new_tokens, num_samples=4):
+def print_samples(model, enc, step, seed, device, autocast, max_new_tokens, show=True, num_samples=4):
     """The reference's prompt continued (top-k 50, KV cache) by our own generator: training's RNG is untouched.
     Returns the texts."""
     prompt = torch.tensor(enc.encode("Hello, I'm a language model,"), dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed + step)
     with autocast:
         out = model.generate(prompt.repeat(num_samples, 1), max_new_tokens, top_k=50, generator=generator)
-    for i, row in enumerate(out.tolist()):
+    for i, row in enumerate(out.tolist() if show else []):
         print(f"sample {i}: {enc.decode(row)!r}")
     return [enc.decode(row) for row in out.tolist()]
 
@@ -388,6 +397,19 @@ def set_rng_state(state, device_type):
     torch.set_rng_state(state["torch"])
     if device_type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def sharding_strategy(args, dtype, world_size, master):
+    """'ddp' (plain DDP, or one process), 'zero' (--shard-optimizer) or 'fsdp' (--fsdp); see memory.py."""
+    strategy = "fsdp" if args.fsdp else "zero" if args.shard_optimizer else "ddp"
+    if strategy == "fsdp" and dtype == "fp16":
+        raise FatalError("--fsdp with fp16 needs a sharded GradScaler, which this script does not have: use --dtype "
+                         "bf16, or --shard-optimizer")
+    if strategy != "ddp" and world_size == 1:
+        if master:
+            print(f"note: one process, nothing to shard: --{'fsdp' if args.fsdp else 'shard-optimizer'} ignored")
+        return "ddp"
+    return strategy
 
 
 def append_log(path, line):
@@ -483,13 +505,14 @@ def main(argv=None):
     hooks = fault_injection_hooks()
 
     config = model_config(args)
-    check_args(args, config, world_size)
-    B, T = args.batch_size, args.seq_len
-    grad_accum_steps = args.total_batch_size // (B * T * world_size)
-    windows_per_step = args.total_batch_size // T
     device = pick_device(args.device, local_rank, ddp)
     device_type = device.split(":")[0]
     dtype = pick_dtype(args.dtype, device_type)
+    check_args(args, config, world_size)
+    strategy = sharding_strategy(args, dtype, world_size, master)
+    B, T = args.batch_size, args.seq_len
+    grad_accum_steps = args.total_batch_size // (B * T * world_size)
+    windows_per_step = args.total_batch_size // T
 
     # data and the checkpoint to resume from are checked first, so that they fail before the process group forms
     train_loader = ShardLoader(args.data_dir, "train", B, T, rank, world_size, args.seed, shuffle=True)
@@ -515,18 +538,26 @@ def main(argv=None):
     ptdtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[dtype]
     autocast = torch.autocast(device_type, dtype=ptdtype) if ptdtype else contextlib.nullcontext()
 
-    # the model, its optimizer, and the fp16 loss scaler
+    # the model (its weights resumed before any sharding), its optimizer, and the fp16 loss scaler
     torch.manual_seed(args.seed)
     raw_model = GPT(config).to(device)
+    if checkpoint:
+        raw_model.load_state_dict(checkpoint["model"])
+    if strategy == "fsdp":
+        try:
+            memory.shard_model(raw_model, device_type)
+        except ValueError as e:  # this torch's FSDP2 cannot run on this device
+            raise FatalError(str(e)) from None
     optimizer = raw_model.configure_optimizers(args.weight_decay, args.max_lr, device_type)
+    if strategy == "zero":
+        optimizer = memory.zero_optimizer(optimizer)
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
 
     # resume the whole training state
     start_step, recent_losses, bad_streak, resumed_evals_done = 0, deque(maxlen=SPIKE_WINDOW), 0, False
     wandb_run_id = None
     if checkpoint:
-        raw_model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        memory.load_optimizer_state(raw_model, optimizer, checkpoint["optimizer"], strategy)
         if scaler is not None and checkpoint.get("grad_scaler"):
             scaler.load_state_dict(checkpoint["grad_scaler"])
         if rank < len(checkpoint["rng"]):
@@ -562,14 +593,15 @@ def main(argv=None):
     # raw_model, which shares the parameters, so nothing recompiles and nothing breaks
     use_compile = args.compile if args.compile is not None else device_type == "cuda"
     eval_model = model = torch.compile(raw_model) if use_compile else raw_model
-    if ddp:
+    if ddp and strategy != "fsdp":
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    everyone = strategy == "fsdp"  # FSDP's forwards gather weights: every rank takes part in every evaluation
 
     # periodic work: which of it can run here
     vocab_ok = config.vocab_size >= 50257  # the GPT-2 tokenizer's ids must fit the embedding
     hellaswag_examples = load_hellaswag(rank, world_size, device) if args.hellaswag_every and vocab_ok else None
     enc = None
-    if args.sample_every and vocab_ok and master:
+    if args.sample_every and vocab_ok and (master or everyone):
         import fineweb
         enc = fineweb.get_tokenizer()
     if master and not vocab_ok and (args.hellaswag_every or args.sample_every):
@@ -584,6 +616,7 @@ def main(argv=None):
               f"accumulation steps; {args.max_steps} steps; {train_loader.windows_per_epoch * T:,} train tokens "
               f"per epoch; {val_batches * B * T:,} val tokens")
         print(f"resuming from {resume_path} at step {start_step}" if resume_path else "starting from scratch")
+        print(f"sharding: {memory.strategy_name(strategy)}")
 
     def write_checkpoint(step, val_loss, evals_done):
         """Every rank contributes its RNG state; rank 0 writes the file, then prunes old ones."""
@@ -591,12 +624,13 @@ def main(argv=None):
         if ddp:
             states = [None] * world_size
             dist.all_gather_object(states, rng_state(device_type))
+        model_state, optimizer_state = memory.full_state(raw_model, optimizer, strategy)  # gathered on rank 0
         if not master:
             return
         path = os.path.join(args.log_dir, f"model_{step:05d}.pt")
         save_checkpoint(path, dict(
-            model=raw_model.state_dict(), config=dataclasses.asdict(config), step=step, val_loss=val_loss,
-            optimizer=optimizer.state_dict(), loader=train_loader.state_dict(), rng=states,
+            model=model_state, config=dataclasses.asdict(config), step=step, val_loss=val_loss,
+            optimizer=optimizer_state, loader=train_loader.state_dict(), rng=states,
             grad_scaler=scaler.state_dict() if scaler else None, args=vars(args), evals_done=evals_done,
             recent_losses=list(recent_losses), bad_steps=bad_streak, wandb_run_id=wandb_run_id),
             hooks["checkpoint_sleep"])
@@ -623,7 +657,8 @@ def main(argv=None):
         val_loss = None
         if step > start_step or not resumed_evals_done:  # a resumed checkpoint's step was evaluated before it was saved
             if due(args.eval_every, step, args.max_steps):
-                val_loss = evaluate_val(eval_model, val_loader, val_batches, device, autocast, rank, world_size)
+                val_loss = evaluate_val(eval_model, val_loader, val_batches, device, autocast, rank, world_size,
+                                        lockstep=everyone)
                 if master:
                     print(f"step {step:5d} | val loss {val_loss:.4f}")
                     append_log(log_file, f"{step} val {val_loss:.4f}")
@@ -631,8 +666,9 @@ def main(argv=None):
                     log_wandb(wandb_run, step, {"val/loss": val_loss})
             if hellaswag_examples and due(args.hellaswag_every, step, args.max_steps):
                 import hellaswag
-                result = hellaswag.evaluate(raw_model, hellaswag_examples, device, autocast_dtype=ptdtype, rank=rank,
-                                            world_size=world_size, batch_size=16 if device_type == "cuda" else 1)
+                result = hellaswag.evaluate(raw_model, hellaswag_examples, device, autocast_dtype=ptdtype,
+                                            rank=0 if everyone else rank, world_size=1 if everyone else world_size,
+                                            batch_size=16 if device_type == "cuda" else 1)
                 if master:
                     print(f"step {step:5d} | hellaswag acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} "
                           f"harness acc {result['harness_acc']:.4f} acc_norm {result['harness_acc_norm']:.4f} "
@@ -643,7 +679,7 @@ def main(argv=None):
                     log_wandb(wandb_run, step, {f"hellaswag/{k}": result[k] for k in (
                         "acc", "acc_norm", "harness_acc", "harness_acc_norm")})
             if enc is not None and step > 0 and due(args.sample_every, step, args.max_steps):
-                samples = print_samples(raw_model, enc, step, args.seed, device, autocast, args.sample_tokens)
+                samples = print_samples(raw_model, enc, step, args.seed, device, autocast, args.sample_tokens, master)
                 write_metrics(metrics_file, step, "samples", samples=samples)
                 log_wandb(wandb_run, step, {"samples": samples})
         if step > start_step and due(args.checkpoint_every, step, args.max_steps):
@@ -663,7 +699,7 @@ def main(argv=None):
                 batch = to_device(train_loader.next_batch(), device)
             last_micro_step = micro_step == grad_accum_steps - 1
             # DDP all-reduces gradients during backward: only on the last micro-step, once they are complete
-            with model.no_sync() if ddp and not last_micro_step else contextlib.nullcontext():
+            with memory.no_grad_sync(model) if ddp and not last_micro_step else contextlib.nullcontext():
                 with autocast:
                     _, loss = model(x, y)
                 if step in hooks["loss_factor"]:
@@ -677,7 +713,7 @@ def main(argv=None):
             dist.all_reduce(stats)
         if scaler:
             scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or float("inf"))
+        norm = memory.clip_grad_norm(raw_model, args.grad_clip or float("inf"))
         train_loss, stop_votes, norm = torch.stack([stats[0] / world_size, stats[1], norm.float()]).tolist()  # 1 sync
         lr = get_lr(step, args.max_lr, args.min_lr, args.warmup_steps, args.max_steps)
         # a NaN/inf loss or gradient, or a loss spike, must not reach the weights; every rank sees the same loss
@@ -694,6 +730,8 @@ def main(argv=None):
             recent_losses.append(train_loss)
         if scaler:
             scaler.update()
+        if step == start_step:  # the training states all exist now: what each rank holds
+            memory.report_memory(raw_model, optimizer, device, world_size, master)
         optimizer.zero_grad(set_to_none=True)
         if device_type == "cuda":
             torch.cuda.synchronize()

@@ -1,0 +1,185 @@
+"""
+Fitting a model in GPU memory: sharded training states (train_gpt2.py --shard-optimizer and --fsdp).
+
+    --shard-optimizer   ZeRO-1: torch.distributed.optim.ZeroRedundancyOptimizer keeps 1/world_size of the AdamW
+                        states on each rank; gradients are all-reduced by DDP as before, each rank updates its own
+                        parameters and broadcasts them.
+    --fsdp              FSDP2 (fully_shard, per block and at the root): parameters, gradients and optimizer states
+                        are all sharded; each block's weights are all-gathered for its forward and backward.
+
+Checkpoints stay one file of the usual format whatever the sharding: the full model state_dict and the optimizer
+state of a plain torch.optim optimizer over model.parameters(), gathered on rank 0. So a sharded run resumes
+unsharded, on another world size, and the other way round, and no other script needs to know.
+"""
+
+import contextlib
+import inspect
+
+import torch
+import torch.distributed as dist
+
+STRATEGIES = ("ddp", "zero", "fsdp")  # plain DDP (or one process), --shard-optimizer, --fsdp
+
+
+def strategy_name(strategy):
+    return {"ddp": "DDP", "zero": "ZeRO-1 (sharded optimizer states)", "fsdp": "FSDP2 (fully sharded)"}[strategy]
+
+
+# -----------------------------------------------------------------------------
+# sharding: FSDP2 wrapping, the ZeRO-1 optimizer, and the gradient sync of either
+
+
+def import_fully_shard():
+    """FSDP2's fully_shard: torch.distributed.fsdp from torch 2.6 on, torch.distributed._composable.fsdp in 2.4-2.5."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        from torch.distributed._composable.fsdp import fully_shard
+    return fully_shard
+
+
+def fsdp_runs_on(device_type):
+    """FSDP2 runs on CUDA with every supported torch; on CPU (gloo) only from torch 2.6, where it moved to
+    torch.distributed.fsdp: 2.4's creates CUDA streams whatever the device."""
+    import torch.distributed.fsdp as fsdp
+    return device_type == "cuda" or hasattr(fsdp, "fully_shard")
+
+
+def shard_model(model, device_type):
+    """FSDP2: each block is its own unit (all-gathered for its forward, resharded after), the root holds the rest
+    (embeddings, the tied lm_head, the final norm). The module is changed in place and keeps its parameter names."""
+    if not fsdp_runs_on(device_type):
+        raise ValueError(f"--fsdp on {device_type} needs torch 2.6 or newer (this is {torch.__version__}, whose FSDP2 "
+                         f"needs CUDA): use --shard-optimizer, or a GPU")
+    fully_shard = import_fully_shard()
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def zero_optimizer(optimizer):
+    """The same optimizer (class, parameter groups, hyperparameters) as ZeRO-1: each rank keeps the states of
+    its own 1/world_size of the parameters."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted and k != "params"}
+    groups = [{k: v for k, v in group.items() if k not in defaults or v != defaults[k]}
+              for group in optimizer.param_groups]
+    return ZeroRedundancyOptimizer(groups, optimizer_class=type(optimizer), **defaults)
+
+
+@contextlib.contextmanager
+def no_grad_sync(model):
+    """Accumulate gradients locally in this micro-step (DDP's no_sync, FSDP2's set_requires_gradient_sync)."""
+    if hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+        return
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def clip_grad_norm(model, max_norm):
+    """The global gradient norm before clipping, as a plain tensor (FSDP2 returns a replicated DTensor)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: one file in the plain format, whatever the sharding
+
+
+def param_index(model, optimizer):
+    """{name: index} of the parameters in a plain optimizer's state_dict (the order of its parameter groups).
+    A tied parameter answers to each of its names."""
+    index = {id(p): i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+    return {name: index[id(p)] for name, p in model.named_parameters(remove_duplicate=False) if id(p) in index}
+
+
+def full_state(model, optimizer, strategy):
+    """(model state_dict, optimizer state_dict) in the plain, unsharded format, on rank 0; (None, None) on the
+    other ranks. Every rank must call it (the sharded strategies gather)."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(model, options=options)
+        by_name = get_optimizer_state_dict(model, optimizer, options=options)
+        if rank != 0:
+            return None, None
+        index = param_index(model, optimizer)
+        optimizer_state = dict(
+            state={index[name]: state for name, state in by_name["state"].items()},
+            param_groups=[{**group, "params": [index[name] for name in group["params"]]}
+                          for group in by_name["param_groups"]])
+        return model_state, optimizer_state
+    if strategy == "zero":
+        optimizer.consolidate_state_dict(to=0)
+        if rank != 0:
+            return None, None
+        return model.state_dict(), optimizer.state_dict()
+    if rank != 0:
+        return None, None
+    return model.state_dict(), optimizer.state_dict()
+
+
+def load_optimizer_state(model, optimizer, state, strategy):
+    """Load a plain optimizer state_dict (from any strategy and world size): each rank keeps its own shard."""
+    if strategy != "fsdp":
+        optimizer.load_state_dict(state)  # ZeroRedundancyOptimizer takes the full state and keeps its partition
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    name_of = {}
+    for name, i in param_index(model, optimizer).items():
+        name_of.setdefault(i, name)  # the first name of a tied parameter, as named_parameters() gives it
+    by_name = dict(state={name_of[i]: s for i, s in state["state"].items()},
+                   param_groups=[{**group, "params": [name_of[i] for i in group["params"]]}
+                                 for group in state["param_groups"]])
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+# -----------------------------------------------------------------------------
+# measured memory per rank
+
+
+def local_bytes(tensor):
+    """Bytes this rank holds for a tensor (its shard, for a DTensor)."""
+    tensor = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return tensor.numel() * tensor.element_size()
+
+
+def optimizer_states(optimizer):
+    """The optimizer states this rank holds: a ZeroRedundancyOptimizer's local optimizer's, or the optimizer's."""
+    local = getattr(optimizer, "optim", optimizer)
+    return [v for state in local.state.values() for v in state.values() if torch.is_tensor(v)]
+
+
+def measured_memory(model, optimizer, device):
+    """Bytes this rank holds now: weights, gradients, optimizer states (tensors counted directly), and on CUDA
+    the allocator's peak, which also holds activations, communication buffers and DDP's gradient buckets."""
+    params = list(model.parameters())
+    sizes = dict(weights=sum(local_bytes(p) for p in params),
+                 grads=sum(local_bytes(p.grad) for p in params if p.grad is not None),
+                 optimizer=sum(local_bytes(t) for t in optimizer_states(optimizer)))
+    if device.startswith("cuda"):
+        sizes["peak_allocated"] = torch.cuda.max_memory_allocated(device)
+    return sizes
+
+
+def format_memory(sizes):
+    return ", ".join(f"{name.replace('_', ' ')} {value / 2**20:,.1f} MiB" for name, value in sizes.items())
+
+
+def report_memory(model, optimizer, device, world_size, master):
+    """Print what each rank holds (weights, gradients, optimizer states; the peak on CUDA). Every rank calls it."""
+    sizes = [measured_memory(model, optimizer, device)]
+    if world_size > 1:
+        sizes = [None] * world_size
+        dist.all_gather_object(sizes, measured_memory(model, optimizer, device))
+    for rank, rank_sizes in enumerate(sizes if master else []):
+        print(f"memory rank {rank}: {format_memory(rank_sizes)} (measured after the first step)")

@@ -1,0 +1,111 @@
+"""
+memory.py and the train_gpt2.py flags it serves: --shard-optimizer (ZeRO-1) and --fsdp (FSDP2) give plain DDP's
+losses (2 gloo ranks on CPU) and write plain one-file checkpoints that resume on any strategy and world size;
+--activation-checkpointing gives the same losses and gradients; --batch-size auto's search; the memory model
+against tensors measured on CPU.
+"""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+import memory
+from model import GPT, GPTConfig, load_checkpoint
+from test_train_gpt2 import TINY, TORCHRUN, data_dir, read_log, reference, run  # noqa: F401 (fixtures)
+
+
+def train_losses(log_dir, first=0):
+    return {step: loss for step, loss in read_log(log_dir)["train"].items() if step >= first}
+
+
+def assert_close_losses(log_a, log_b, first=0, tolerance=1e-5):
+    a, b = train_losses(log_a, first), train_losses(log_b, first)
+    assert sorted(a) == sorted(b)
+    for step in a:
+        assert a[step] == pytest.approx(b[step], abs=tolerance), step
+
+
+FSDP_ON_CPU = memory.fsdp_runs_on("cpu")
+needs_fsdp = pytest.mark.skipif(not FSDP_ON_CPU, reason=f"torch {torch.__version__}'s FSDP2 needs CUDA")
+
+
+@pytest.fixture(scope="module")
+def sharded_runs(tmp_path_factory, data_dir):
+    """The reference's 12 steps on 2 ranks, run on first use: ZeRO-1, and FSDP2."""
+    flags = dict(zero=["--shard-optimizer"], fsdp=["--fsdp"])
+    runs = {}
+
+    def get(name):
+        if name not in runs:
+            log_dir = str(tmp_path_factory.mktemp(name))
+            result = run(["--data-dir", data_dir, "--log-dir", log_dir] + TINY + flags[name], torchrun=TORCHRUN)
+            runs[name] = dict(log_dir=log_dir, stdout=result.stdout)
+        return runs[name]
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["zero", pytest.param("fsdp", marks=needs_fsdp)])
+def test_sharded_training_matches_the_unsharded_run(sharded_runs, reference, name):
+    sharded = sharded_runs(name)
+    assert_close_losses(sharded["log_dir"], reference["log_dir"])
+    assert read_log(sharded["log_dir"])["val"] == reference["log"]["val"]
+    assert "memory rank 0: weights" in sharded["stdout"] and "memory rank 1: weights" in sharded["stdout"]
+    # one plain file: the full model without prefixes, and an optimizer state a plain AdamW loads
+    plain, ours = (load_checkpoint(os.path.join(d, "model_00012.pt"))
+                   for d in (reference["log_dir"], sharded["log_dir"]))
+    assert ours["model"].keys() == plain["model"].keys()
+    for key in plain["model"]:
+        assert torch.allclose(ours["model"][key], plain["model"][key], atol=1e-4), key
+    assert ours["optimizer"]["param_groups"] == plain["optimizer"]["param_groups"]
+    assert ours["optimizer"]["state"].keys() == plain["optimizer"]["state"].keys()
+    model = GPT.from_checkpoint(os.path.join(sharded["log_dir"], "model_00012.pt"))  # what sample.py etc. do
+    model.configure_optimizers(0.1, 1e-3, "cpu").load_state_dict(ours["optimizer"])
+
+
+def resume_from(tmp_path, checkpoint, data_dir, flags=(), torchrun=None):
+    log_dir = str(tmp_path)
+    shutil.copy(checkpoint, log_dir)
+    result = run(["--data-dir", data_dir, "--log-dir", log_dir] + TINY + list(flags), torchrun=torchrun)
+    assert "resuming from" in result.stdout
+    return log_dir
+
+
+@pytest.mark.slow
+@needs_fsdp
+def test_sharded_checkpoint_resumes_in_one_process(tmp_path, data_dir, sharded_runs, reference):
+    """FSDP on 2 ranks -> one process without sharding: the uninterrupted run's losses."""
+    log_dir = resume_from(tmp_path, os.path.join(sharded_runs("fsdp")["log_dir"], "model_00004.pt"), data_dir)
+    assert_close_losses(log_dir, reference["log_dir"], first=4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["--shard-optimizer", pytest.param("--fsdp", marks=needs_fsdp)])
+def test_unsharded_checkpoint_resumes_sharded_on_two_ranks(tmp_path, data_dir, reference, flag):
+    log_dir = resume_from(tmp_path, os.path.join(reference["log_dir"], "model_00004.pt"), data_dir, [flag], TORCHRUN)
+    assert_close_losses(log_dir, reference["log_dir"], first=4)
+
+
+@pytest.mark.slow
+@needs_fsdp
+def test_zero_checkpoint_resumes_under_fsdp_exactly(tmp_path, data_dir, sharded_runs):
+    """Same world size, another sharding: the state goes through the plain format without loss, so the losses
+    are those of the ZeRO run itself, to the printed digit."""
+    zero = sharded_runs("zero")
+    log_dir = resume_from(tmp_path, os.path.join(zero["log_dir"], "model_00008.pt"), data_dir, ["--fsdp"], TORCHRUN)
+    assert train_losses(log_dir, 8) == train_losses(zero["log_dir"], 8)
+
+
+def test_fsdp_where_this_torch_cannot_run_it_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(memory, "fsdp_runs_on", lambda device_type: False)  # torch 2.4's FSDP2 on a CPU
+    with pytest.raises(ValueError, match=r"^--fsdp on cpu needs torch 2.6 or newer .*use --shard-optimizer, or a GPU$"):
+        memory.shard_model(GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=1, n_embd=8)), "cpu")
+
+
+def test_fsdp_and_shard_optimizer_together_is_one_line_error(tmp_path, data_dir):
+    result = run(["--data-dir", data_dir, "--log-dir", str(tmp_path), "--fsdp", "--shard-optimizer"] + TINY,
+                 expect_rc=2)
+    assert result.stderr.strip().splitlines() == [
+        "error: --fsdp shards the optimizer states already: pass --fsdp or --shard-optimizer, not both"]
