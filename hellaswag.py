@@ -204,17 +204,14 @@ def fit_row(context, continuation, block_size):
 # scoring
 
 
-def scored_logprobs(logits, targets, scored, chunk=1024):
-    """float32 log p(target) at the scored positions only, in row-major order. The log-softmax covers the real
-    vocabulary (not the padded columns of a 50304 model) and runs over a chunk of positions at a time, so the
-    float32 copy stays small."""
-    selected = logits[scored][:, :GPT2_VOCAB_SIZE]  # (K, vocab): context and padding positions are skipped
-    selected_targets = targets[scored]
-    out = torch.empty(selected_targets.shape, dtype=torch.float32, device=logits.device)
-    for start in range(0, selected.size(0), chunk):
+def scored_logprobs(logits, targets, chunk=1024):
+    """float32 log p(target) from the (K, vocab) logits of the scored positions and their (K,) targets. The
+    log-softmax runs over a chunk of positions at a time, so the float32 copy stays small."""
+    out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    for start in range(0, logits.size(0), chunk):
         part = slice(start, start + chunk)
-        logprobs = selected[part].float().log_softmax(dim=-1)
-        out[part] = logprobs.gather(-1, selected_targets[part].unsqueeze(-1)).squeeze(-1)
+        logprobs = logits[part].float().log_softmax(dim=-1)
+        out[part] = logprobs.gather(-1, targets[part].unsqueeze(-1)).squeeze(-1)
     return out
 
 
@@ -232,17 +229,19 @@ def score_rows(model, rows, device, autocast_dtype=None, greedy=False):
         scored[r, len(row_targets) - n_scored:len(row_targets)] = True
     device_type = torch.device(device).type
     autocast = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-    with autocast:
-        logits, _ = model(inputs.to(device))
-    targets, scored = targets.to(device), scored.to(device)
-    logprobs = scored_logprobs(logits, targets, scored).double().cpu().numpy()
+    scored = scored.to(device)
+    with autocast:  # the head runs at the scored positions only (context and padding are skipped)
+        logits, _ = model(inputs.to(device), head_positions=scored)
+    # the log-softmax covers the real vocabulary, not the padded columns of a 50304 model
+    logits, targets = logits[:, :GPT2_VOCAB_SIZE], targets.to(device)[scored]
+    logprobs = scored_logprobs(logits, targets).double().cpu().numpy()
     # each row's scored positions are contiguous in row-major order; summing exactly that span (in float64)
     # makes the sum independent of how many rows and how much padding share the batch
     ends = np.cumsum([n for _, _, n in rows])
     sums = [float(logprobs[end - n:end].sum()) for end, (_, _, n) in zip(ends, rows)]
     if not greedy:
         return sums
-    hits = (logits[scored][:, :GPT2_VOCAB_SIZE].argmax(dim=-1) == targets[scored]).cpu().numpy()
+    hits = (logits.argmax(dim=-1) == targets).cpu().numpy()
     return sums, [bool(hits[end - n:end].all()) for end, (_, _, n) in zip(ends, rows)]
 
 

@@ -183,9 +183,10 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx, targets=None, kv_cache=None, last_only=False, head_mask=None):
+    def forward(self, idx, targets=None, kv_cache=None, last_only=False, head_mask=None, head_positions=None):
         """idx (B, T) token ids -> (logits, loss). loss is the mean cross-entropy when targets are given
-        (positions with target -1 are ignored). last_only computes the head for the final position only.
+        (positions with target -1 are ignored). last_only computes the head for the final position only;
+        head_positions, a (B, T) bool mask, only at those positions: logits (K, vocab) in row-major order.
         head_mask: None, or (n_layer, n_head) factors on each head's output (layer l uses its first
         layer_heads[l] columns); 0 removes a head, and its gradient is the head's importance (heads.py)."""
         B, T = idx.size()
@@ -201,6 +202,8 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if last_only and targets is None:
             x = x[:, -1:, :]
+        elif head_positions is not None and targets is None:
+            x = x[head_positions]  # scoring reads a few positions: the head is most of a small model's cost
         logits = self.lm_head(x)
         loss = None if targets is None else F.cross_entropy(
             logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
