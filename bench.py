@@ -25,14 +25,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from hardware import pick_dtype
 from model import GPT, GPTConfig, PRESETS, estimate_mfu, flops_per_token, format_mfu
 
 # -----------------------------------------------------------------------------
 # defaults, in one place: a GPU measures real GPT-2 training; a CPU runs a smoke-test-sized model
 
 DEVICE_DEFAULTS = {
-    "cuda": dict(model="gpt2", batch_size=64, seq_len=1024, dtype="bf16", compile=True, steps=50, warmup=10),
-    "cpu": dict(model="tiny", batch_size=8, seq_len=64, dtype="fp32", compile=False, steps=20, warmup=3),
+    "cuda": dict(model="gpt2", batch_size=64, seq_len=1024, compile=True, steps=50, warmup=10),
+    "cpu": dict(model="tiny", batch_size=8, seq_len=64, compile=False, steps=20, warmup=3),
 }
 # "tiny" is not GPT-2: its vocabulary is 512 random token ids, not the 50304-row (padded) GPT-2 table, so its
 # figures say whether the code runs and how variants compare on this machine, never what GPT-2 would get
@@ -80,8 +81,8 @@ def parse_args(argv=None):
                                                                       "max-autotune-no-cudagraphs"],
                         help="torch.compile mode (train_gpt2.py: default), to try what else might pay")
     parser.add_argument("--dtype", choices=DTYPES, help=f"autocast dtype; fp16 adds a GradScaler "
-                                                        f"(default: bf16 on cuda, fp16 where bf16 is unsupported, "
-                                                        f"fp32 on cpu)")
+                                                        f"(default: bf16 on GPUs with native bf16, compute capability "
+                                                        f">= 8.0; fp16 on older GPUs; fp32 on cpu)")
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
     parser.add_argument("--compare", action="store_true", help="time the main variants against the default "
                                                                "fast path, alternating, in one process")
@@ -109,17 +110,11 @@ def resolve_args(args):
         raise ValueError(f"--device {args.device} asked for, but torch sees no CUDA GPU: use --device cpu")
     if args.device == "cuda":
         args.device = f"cuda:{torch.cuda.current_device()}"  # an index, which torch.cuda.set_device needs
-    bf16_ok = device_type != "cuda" or torch.cuda.is_bf16_supported()
-    if args.dtype == "bf16" and not bf16_ok:
-        raise ValueError("this GPU does not support bf16: use --dtype fp16 or --dtype fp32")
-    if args.dtype is None and not bf16_ok:
-        args.dtype = "fp16"  # pre-Ampere GPUs: fp16 with a GradScaler, the fallback train_gpt2.py uses too
+    # bf16 where the GPU has it natively (compute capability >= 8.0), else fp16 with a GradScaler, as train_gpt2.py
+    args.dtype = pick_dtype(args.dtype or "auto", args.device)
     for key, value in DEVICE_DEFAULTS[device_type].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.dtype == "fp16" and device_type != "cuda":
-        raise ValueError("--dtype fp16 needs CUDA (it trains with a CUDA GradScaler, as train_gpt2.py): use bf16 "
-                         "or fp32")
     for name in ("batch_size", "seq_len", "grad_accum", "steps", "rounds", "profile_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")

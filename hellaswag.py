@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 import fineweb
 from distributed import destroy_process_group, init_process_group
+from hardware import DTYPES, pick_device, pick_dtype
 from model import GPT, GPT2_VOCAB_SIZE
 
 OFFICIAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data"
@@ -338,9 +339,6 @@ def evaluate(model, examples, device, batch_size=16, autocast_dtype=None, rank=0
 # -----------------------------------------------------------------------------
 # command line
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="HellaSwag accuracy of GPT-2 or a train_gpt2.py checkpoint, "
                                      "completion style and lm-evaluation-harness style.",
@@ -361,7 +359,8 @@ def parse_args(argv=None):
                         "None: 16 on CUDA, 1 elsewhere (on CPU, big batches are slower: see bench_hellaswag.py)")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps, ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                        help="autocast dtype; auto is bf16 on CUDA and fp32 elsewhere")
+                        help="autocast dtype; auto: bf16 on GPUs with native bf16 (compute capability >= 8.0), fp16 "
+                        "on older ones, fp32 on CPU and MPS")
     parser.add_argument("--out", default=None, help="also write the results as JSON to this path")
     return parser.parse_args(argv)
 
@@ -373,25 +372,6 @@ def check_args(args):
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
-
-
-def resolve_device(name):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def resolve_dtype(name, device):
-    device_type = torch.device(device).type
-    if name == "auto":
-        return "bf16" if device_type == "cuda" else "fp32"
-    if name == "fp16" and device_type != "cuda":
-        raise ValueError(f"--dtype fp16 needs a CUDA device (got {device}); use --dtype bf16 or fp32")
-    return name
 
 
 def write_json_atomic(path, data):
@@ -410,17 +390,15 @@ def main(argv=None):
     # torchrun sets RANK: each process scores its shard and rank 0 reports
     ddp = "RANK" in os.environ
     rank, world_size, local_rank = 0, 1, 0
-    device = resolve_device(args.device)
     if ddp:
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        if torch.device(device).type == "cuda":
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(device)
+    device = pick_device(args.device, local_rank, ddp)
+    if ddp:
         init_process_group("nccl" if device.startswith("cuda") else "gloo", rank, world_size)
     succeeded = False
     try:
-        dtype = resolve_dtype(args.dtype, device)
+        dtype = pick_dtype(args.dtype, device, warn=rank == 0)
         batch_size = args.batch_size or (16 if torch.device(device).type == "cuda" else 1)
         if ddp and rank != 0:
             dist.barrier()  # rank 0 downloads first; the others then read its cache

@@ -13,38 +13,19 @@ to stderr. One sample is printed token by token as it is generated; the streamed
 
 import argparse
 import codecs
-import contextlib
 import os
 import sys
 
 import torch
 
 from fineweb import get_tokenizer  # the repo's one GPT-2 tokenizer, offline-capable
+from hardware import autocast, pick_device, pick_dtype
 from model import GPT, GPT2_VOCAB_SIZE
 
 EOT = 50256  # <|endoftext|>, which precedes every document in training
 
 # -----------------------------------------------------------------------------
 # device and model
-
-
-def pick_device(name):
-    """'auto' means the fastest device here: cuda, then mps (Apple), then cpu."""
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}, but torch sees no CUDA GPU here; use --device auto or cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps, but MPS is not available here; use --device auto or cpu")
-    if name != "auto":
-        return name
-    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-
-
-def autocast_context(device):
-    """bf16 autocast on CUDA (fp16 on GPUs without bf16), full fp32 elsewhere."""
-    if not device.startswith("cuda"):
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def load_model(checkpoint, model_name, device):
@@ -98,6 +79,9 @@ def parse_args(argv=None):
                                                                   "with this much probability; None: off")
     parser.add_argument("--seed", type=int, default=None, help="random seed; None: a fresh one, printed to stderr")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="autocast dtype; "
+                        "auto: bf16 on GPUs with native bf16 (compute capability >= 8.0), fp16 on older ones, fp32 "
+                        "on CPU and MPS")
     parser.add_argument("--no-stream", action="store_true", help="with one sample, print it only when complete")
     args = parser.parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 1:
@@ -125,7 +109,7 @@ def main(argv=None):
     idx = torch.tensor([prompt_tokens], dtype=torch.long, device=device)
     sampling = dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, generator=generator)
     shown_prompt = args.prompt  # an empty prompt's <|endoftext|> is not shown
-    with autocast_context(device):
+    with autocast(pick_dtype(args.dtype, device), device):
         if args.num_samples == 1 and not args.no_stream:
             sys.stdout.write(shown_prompt)
             new_tokens = (token.item() for token in model.generate_tokens(idx, args.max_new_tokens, **sampling))

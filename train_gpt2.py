@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import hardware
 import memory
 from distributed import destroy_process_group, init_process_group
 from model import GPT, PRESETS, GPTConfig, estimate_mfu, flops_per_token, format_mfu, find_checkpoints, load_checkpoint
@@ -91,8 +92,8 @@ def parse_args(argv=None):
         "(torch.distributed.optim.ZeroRedundancyOptimizer)")
     add("--fsdp", action="store_true", help="FSDP2: shard parameters, gradients and optimizer states over the ranks")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    add("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="autocast dtype (auto: bf16 on "
-        "CUDA where supported, else fp16 with a GradScaler; fp32 on CPU and MPS)")
+    add("--dtype", default="auto", choices=["auto", *hardware.DTYPES], help="autocast dtype (auto: bf16 on GPUs "
+        "with native bf16, compute capability >= 8.0; fp16 with a GradScaler on older GPUs; fp32 on CPU and MPS)")
     add("--seed", type=int, default=1337, help="seeds the initialization and the data order")
     add("--skip-spikes", type=float, default=0.0, help="skip the update of a step whose loss is this many "
         "standard deviations above the mean of the last 100 (0: only NaN/inf losses are skipped)")
@@ -466,30 +467,6 @@ def fault_injection_hooks():
                 checkpoint_sleep=float(env("TRAIN_GPT2_TEST_CHECKPOINT_SLEEP", "0")))
 
 
-def pick_device(requested, local_rank, ddp):
-    mps = torch.backends.mps.is_available() and not ddp  # no DDP backend for MPS
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    if requested == "cuda" or requested.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise FatalError(f"--device {requested}, but no CUDA GPU is visible; use --device cpu")
-        requested = f"cuda:{local_rank}" if requested == "cuda" else requested
-        torch.cuda.set_device(requested)
-    elif requested not in ("cpu", "mps") or (requested == "mps" and not mps):
-        raise FatalError(f"--device {requested} is not available: use auto, cpu, cuda, cuda:N, or mps (one process)")
-    return requested
-
-
-def pick_dtype(requested, device_type):
-    if requested == "auto":
-        return "fp32" if device_type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if requested == "fp16" and device_type != "cuda":
-        raise FatalError("--dtype fp16 needs CUDA (it trains with a CUDA GradScaler); use bf16 or fp32")
-    if requested == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise FatalError("this GPU has no bf16 support; use --dtype fp16")
-    return requested
-
-
 # -----------------------------------------------------------------------------
 # main: setup, then the loop
 
@@ -505,9 +482,12 @@ def main(argv=None):
     hooks = fault_injection_hooks()
 
     config = model_config(args)
-    device = pick_device(args.device, local_rank, ddp)
+    try:  # bf16 only where the GPU has it natively (compute capability >= 8.0), else fp16 with a GradScaler
+        device = hardware.pick_device(args.device, local_rank, ddp)
+        dtype = hardware.pick_dtype(args.dtype, device, warn=master)
+    except ValueError as e:
+        raise FatalError(str(e)) from None
     device_type = device.split(":")[0]
-    dtype = pick_dtype(args.dtype, device_type)
     check_args(args, config, world_size)
     strategy = sharding_strategy(args, dtype, world_size, master)
     B, T = args.batch_size, args.seq_len
@@ -535,8 +515,7 @@ def main(argv=None):
     if ddp:
         init_process_group("nccl" if device_type == "cuda" else "gloo", rank, world_size)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
-    ptdtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[dtype]
-    autocast = torch.autocast(device_type, dtype=ptdtype) if ptdtype else contextlib.nullcontext()
+    ptdtype, autocast = hardware.DTYPES[dtype], hardware.autocast(dtype, device)
 
     # the model (its weights resumed before any sharding), its optimizer, and the fp16 loss scaler
     torch.manual_seed(args.seed)

@@ -115,7 +115,7 @@ def test_bad_input_is_one_line_error():
     (["--trace", "t.json"], "--trace needs --profile"),
     (["--warmup", "-1"], "--warmup must be 0 or more"),
     (["--seq-len", "2048"], "longer than the model's block_size 1024"),
-    (["--dtype", "fp16"], "--dtype fp16 needs CUDA"),
+    (["--dtype", "fp16"], "--dtype fp16 needs a CUDA GPU"),
     (["--compile", "--compile-backend", "nosuch"], "is not a torch.compile backend"),
     (["--write-shards", "d", "--compare"], "--write-shards only writes shards"),
 ])

@@ -429,9 +429,8 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
                           (["-c", "x.pt", "--batch-size", "0"], "--batch-size must be at least 1")]:
         with pytest.raises((ValueError, FileNotFoundError), match=message):
             hellaswag.main([*args, "--data-file", data])
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        hellaswag.resolve_dtype("fp16", "cpu")
-    assert hellaswag.resolve_dtype("auto", "cpu") == "fp32" and hellaswag.resolve_dtype("auto", "cuda:1") == "bf16"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):  # hardware.pick_dtype (tests/test_hardware.py)
+        hellaswag.main(["-m", "gpt2", "--device", "cpu", "--dtype", "fp16", "--data-file", data])
 
 
 def test_help_shows_the_defaults(capsys):
