@@ -26,7 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from hardware import pick_dtype
-from model import GPT, GPTConfig, PRESETS, estimate_mfu, flops_per_token, format_mfu
+from model import FLOPS_CONVENTION, GPT, GPTConfig, PRESETS, estimate_mfu, flops_per_token, format_mfu
 
 # -----------------------------------------------------------------------------
 # defaults, in one place: a GPU measures real GPT-2 training; a CPU runs a smoke-test-sized model
@@ -378,8 +378,8 @@ def run_single(args):
     print(f"timed: {args.steps} steps | ms/step: {ms:.2f} median (min {1000 * min(times):.2f}, "
           f"max {1000 * max(times):.2f})")
     print(f"tokens/s: {tokens_per_sec:,.0f}")
-    mfu_note = "no peak FLOP/s known for this device" if mfu is None else "of the dense bf16 peak"
-    print(f"MFU: {format_mfu(mfu)} ({mfu_note})")
+    mfu_note = "no peak FLOP/s known for this device" if mfu is None else "of the dense 16-bit peak"
+    print(f"MFU: {format_mfu(mfu)} ({mfu_note}; {FLOPS_CONVENTION})")
     print(f"peak memory: {memory / 2**20:,.1f} MiB ({memory_label})")
     if args.profile:
         run_profile(args, step)

@@ -47,7 +47,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import hardware
 import memory
 from distributed import destroy_process_group, init_process_group
-from model import GPT, PRESETS, GPTConfig, estimate_mfu, flops_per_token, format_mfu, find_checkpoints, load_checkpoint
+from model import (FLOPS_CONVENTION, GPT, PRESETS, GPTConfig, estimate_mfu, find_checkpoints, flops_per_token,
+                   format_mfu, load_checkpoint, peak_flops)
 
 # -----------------------------------------------------------------------------
 # arguments: every default in one place
@@ -591,6 +592,9 @@ def main(argv=None):
     if master:
         print(f"model {args.model} {dataclasses.asdict(config)}: {raw_model.num_params():,} parameters")
         print(f"device {device} ({device_name}), dtype {dtype}, compile {use_compile}, world size {world_size}")
+        peak = peak_flops(device_name)
+        print(f"{FLOPS_CONVENTION}: {flops_per_tok:,} per token, against "
+              f"{'an unknown peak (mfu unknown)' if peak is None else f'a dense peak of {peak / 1e12:g} TFLOP/s'}")
         print(f"total batch {args.total_batch_size} tokens = {B} x {T} x {world_size} ranks x {grad_accum_steps} "
               f"accumulation steps; {args.max_steps} steps; {train_loader.windows_per_epoch * T:,} train tokens "
               f"per epoch; {val_batches * B * T:,} val tokens")
