@@ -406,6 +406,18 @@ def test_a_pruned_model_generates_what_sample_py_prints(tmp_path, capsys):
     assert text + "\n" == capsys.readouterr().out and stats["tokens"] == 50
 
 
+def test_a_hugging_face_directory_loads_through_minus_m(tmp_path, run_dir):
+    """-m names a hub model or a local HF directory (here export_hf.py's output): one choice, that name."""
+    import app
+    from export_hf import export
+    export(str(run_dir / "model_00010.pt"), str(tmp_path / "hf"))
+    source = app.ModelSource(model_name=str(tmp_path / "hf"), device="cpu")
+    assert source.choices() == [str(tmp_path / "hf")]
+    assert source.get(str(tmp_path / "hf")).config.n_layer == TINY["n_layer"]
+    with pytest.raises(ValueError, match="is not one of this app's checkpoints"):
+        source.get("gpt2")
+
+
 @pytest.mark.parametrize("args, message", [
     (dict(max_new_tokens=0), f"max new tokens must be in 1..{CAP} (this app's --max-new-tokens), got 0"),
     (dict(temperature=3), "temperature must be in 0..2.0 (0 is greedy), got 3.0"),
