@@ -28,6 +28,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 
 import numpy as np
@@ -214,67 +215,113 @@ def format_stats(stats, seed):
 # the run page: log.txt and metrics.jsonl, read only
 
 
-def read_metrics(path):
-    """The records of a metrics.jsonl; a line being written (no newline yet) or not JSON is skipped."""
-    if not os.path.isfile(path):
-        return []
-    records = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # train_gpt2.py is writing this line right now
+class Run:
+    """A run directory's log.txt and metrics.jsonl, read as they grow, so that watching a run costs it nothing:
+    metrics.jsonl from where the last read stopped (a line still being written waits for its newline), log.txt
+    only when it changed, and the chart only when log.txt changed and at most 10% of one core's time."""
+
+    def __init__(self, run_dir):
+        self.log_path, self.metrics_path = os.path.join(run_dir, "log.txt"), os.path.join(run_dir, "metrics.jsonl")
+        self.offset, self.latest, self.samples = 0, {}, []  # metrics.jsonl: bytes read, last record of each kind
+        self.log_key, self.streams = None, {}
+        self.chart_key, self.image, self.next_chart = None, None, 0.0
+
+    def read_metrics(self):
+        if not os.path.isfile(self.metrics_path):
+            self.offset, self.latest, self.samples = 0, {}, []
+            return
+        if os.path.getsize(self.metrics_path) < self.offset:  # a fresh run truncated it: start over
+            self.offset, self.latest, self.samples = 0, {}, []
+        with open(self.metrics_path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        complete = data[:data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.decode("utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
             if isinstance(record, dict) and isinstance(record.get("step"), int):
-                records.append(record)
-    return records
+                self.latest[record.get("kind")] = record  # after a resume, the resumed run's records come last
+                if record.get("kind") == "samples":
+                    self.samples = (self.samples + [record])[-5:]
+
+    def read_log(self):
+        """log.txt's streams as plot_log.py reads them, parsed again only when the file changed."""
+        import plot_log
+
+        if not os.path.isfile(self.log_path):
+            self.log_key, self.streams = None, {}
+            return self.streams
+        stat = os.stat(self.log_path)
+        if (stat.st_mtime_ns, stat.st_size) != self.log_key:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                self.streams, _, _ = plot_log.parse_log(f)
+            self.log_key = (stat.st_mtime_ns, stat.st_size)
+        return self.streams
+
+    def status(self):
+        """The latest numbers: from metrics.jsonl where train_gpt2.py wrote one (the last record of each kind),
+        else from log.txt (older runs, build-nanogpt's: loss, val loss and HellaSwag only)."""
+        status = dict(step=None, max_steps=None, train_loss=None, val_step=None, val_loss=None, hella_step=None,
+                      hellaswag=None, tokens_per_sec=None, mfu=None, elapsed_s=None, eta_s=None, updated_s_ago=None,
+                      samples=[])
+        self.read_metrics()
+        if not self.latest:
+            streams = self.read_log()
+            for stream, step_key, value_key in (("train", "step", "train_loss"), ("val", "val_step", "val_loss"),
+                                                ("hella", "hella_step", "hellaswag")):
+                if streams.get(stream):
+                    status[step_key], status[value_key] = next(reversed(streams[stream].items()))
+        if "train" in self.latest:
+            train = self.latest["train"]
+            status.update(step=train["step"], train_loss=train.get("loss"), max_steps=train.get("max_steps"),
+                          tokens_per_sec=train.get("tokens_per_sec"), mfu=train.get("mfu"),
+                          elapsed_s=train.get("elapsed_s"), eta_s=train.get("eta_s"))
+        if "val" in self.latest:
+            status.update(val_step=self.latest["val"]["step"], val_loss=self.latest["val"].get("loss"))
+        if "hellaswag" in self.latest:
+            status.update(hella_step=self.latest["hellaswag"]["step"], hellaswag=self.latest["hellaswag"].get("acc_norm"))
+        written = [os.path.getmtime(p) for p in (self.log_path, self.metrics_path) if os.path.isfile(p)]
+        status["updated_s_ago"] = time.time() - max(written) if written else None
+        status["samples"] = self.samples[::-1]  # the newest evals first
+        return status
+
+    def tokens_per_step(self):
+        """For the chart's tokens axis: a train record's tokens/s x its step time (the step line's tokens/s is
+        the step's tokens over its time); GPT-2's 524288 when no record says."""
+        train = self.latest.get("train", {})
+        if train.get("tokens_per_sec") and train.get("dt_ms"):
+            return max(1, round(train["tokens_per_sec"] * train["dt_ms"] / 1000))
+        return 524288
+
+    def chart(self):
+        """plot_log.py's figure as an RGB array, or None before log.txt has records."""
+        import plot_log
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        if time.monotonic() < self.next_chart:
+            return self.image
+        started = time.monotonic()
+        streams = self.read_log()
+        if self.log_key == self.chart_key:
+            return self.image
+        if any(streams.get(name) for name in plot_log.PLOTTED_STREAMS):
+            self.read_metrics()
+            fig = plot_log.make_figure([(plot_log.run_label(self.log_path), streams)],
+                                       tokens_per_step=self.tokens_per_step())
+            canvas = FigureCanvasAgg(fig)
+            canvas.draw()
+            self.image = np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+        self.chart_key = self.log_key
+        self.next_chart = time.monotonic() + 9 * (time.monotonic() - started)  # drawing: at most 10% of the time
+        return self.image
 
 
 def run_status(run_dir):
-    """The latest numbers of a run: from metrics.jsonl where train_gpt2.py wrote one (the last record of each
-    kind, which after a resume is the resumed run's), else from log.txt (loss, val loss and HellaSwag only)."""
-    import plot_log
-
-    log_path, metrics_path = os.path.join(run_dir, "log.txt"), os.path.join(run_dir, "metrics.jsonl")
-    status = dict(step=None, max_steps=None, train_loss=None, val_step=None, val_loss=None, hella_step=None,
-                  hellaswag=None, tokens_per_sec=None, mfu=None, elapsed_s=None, eta_s=None, updated_s_ago=None,
-                  samples=[])
-    if os.path.isfile(log_path):
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            streams, _, _ = plot_log.parse_log(f)
-        for stream, step_key, value_key in (("train", "step", "train_loss"), ("val", "val_step", "val_loss"),
-                                            ("hella", "hella_step", "hellaswag")):
-            if streams.get(stream):
-                status[step_key], status[value_key] = next(reversed(streams[stream].items()))
-    latest = {}
-    for record in read_metrics(metrics_path):
-        latest[record["kind"]] = record
-        if record["kind"] == "samples":
-            status["samples"].append(record)
-    if "train" in latest:
-        train = latest["train"]
-        status.update(step=train["step"], train_loss=train.get("loss"), max_steps=train.get("max_steps"),
-                      tokens_per_sec=train.get("tokens_per_sec"), mfu=train.get("mfu"),
-                      elapsed_s=train.get("elapsed_s"), eta_s=train.get("eta_s"))
-    if "val" in latest:
-        status.update(val_step=latest["val"]["step"], val_loss=latest["val"].get("loss"))
-    if "hellaswag" in latest:
-        status.update(hella_step=latest["hellaswag"]["step"], hellaswag=latest["hellaswag"].get("acc_norm"))
-    written = [os.path.getmtime(p) for p in (log_path, metrics_path) if os.path.isfile(p)]
-    status["updated_s_ago"] = time.time() - max(written) if written else None
-    status["samples"] = status["samples"][-5:][::-1]  # the newest evals first
-    return status
-
-
-def tokens_per_step(run_dir):
-    """Tokens per optimizer step, for the chart's tokens axis: tokens/s x step time of a train record (the step
-    line's tokens/s is the step's tokens over its time), or None."""
-    for record in reversed(read_metrics(os.path.join(run_dir, "metrics.jsonl"))):
-        if record["kind"] == "train" and record.get("tokens_per_sec") and record.get("dt_ms"):
-            return max(1, round(record["tokens_per_sec"] * record["dt_ms"] / 1000))
-    return None
+    """The run page's numbers for a run directory, read afresh (the page keeps one Run and reads as it grows)."""
+    return Run(run_dir).status()
 
 
 def duration(seconds):
@@ -308,34 +355,6 @@ def format_samples(status):
         return "no samples yet: train_gpt2.py writes them at each --sample-every step"
     return "\n\n".join(f"--- step {record['step']}, sample {i + 1} ---\n{text}" for record in status["samples"]
                        for i, text in enumerate(record.get("samples", [])))
-
-
-class Chart:
-    """plot_log.py's figure as an image, drawn again only when log.txt changed."""
-
-    def __init__(self, run_dir):
-        self.run_dir, self.key, self.image = run_dir, None, None
-
-    def get(self):
-        import plot_log
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        path = os.path.join(self.run_dir, "log.txt")
-        if not os.path.isfile(path):
-            return None
-        stat = os.stat(path)
-        if (stat.st_mtime_ns, stat.st_size) != self.key:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                streams, _, _ = plot_log.parse_log(f)
-            if not any(streams.get(name) for name in plot_log.PLOTTED_STREAMS):
-                return None
-            label = plot_log.run_label(path)
-            fig = plot_log.make_figure([(label, streams)], tokens_per_step=tokens_per_step(self.run_dir) or 524288)
-            canvas = FigureCanvasAgg(fig)
-            canvas.draw()
-            self.image = np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
-            self.key = (stat.st_mtime_ns, stat.st_size)
-        return self.image
 
 
 # -----------------------------------------------------------------------------
@@ -404,18 +423,22 @@ def build_app(source, enc, device, dtype, max_new_tokens, refresh):
     def run_page():
         if not source.run_dir:
             return None, "no run directory: start the app with `-c log/` to watch a run", ""
-        status = run_status(source.run_dir)
-        return chart.get(), format_status(status), format_samples(status)
+        with run_lock:  # one Run serves every open page and the API
+            status = run.status()
+            return run.chart(), format_status(status), format_samples(status)
 
     def api_run_status() -> dict | None:
         """The run page's numbers as JSON (None without a run directory)."""
-        return run_status(source.run_dir) if source.run_dir else None
+        if not source.run_dir:
+            return None
+        with run_lock:
+            return run.status()
 
     def api_checkpoints() -> list[str]:
         """The names the checkpoint list offers, newest first."""
         return source.choices()
 
-    chart = Chart(source.run_dir) if source.run_dir else None
+    run, run_lock = Run(source.run_dir) if source.run_dir else None, threading.Lock()
     names = source.choices()
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # system fonts: no font download
                               font_mono=["ui-monospace", "monospace"])

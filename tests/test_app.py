@@ -26,6 +26,7 @@ import gradio_client
 import pytest
 import torch
 from gradio_client.exceptions import AppError
+from gradio_client.utils import Status
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -219,13 +220,19 @@ def test_out_of_range_requests_get_a_clear_message(client, field, value, message
     assert str(error.value) == message
 
 
-def test_stop_ends_the_generation_and_frees_the_queue(client, app):
+def test_one_generation_at_a_time_and_stop_frees_the_device(client, app):
     job = client.submit("model_00010.pt", "Hello", CAP, 1.0, 0, 1.0, 1, 1, api_name="/generate")
     deadline = time.monotonic() + 120
     while not job.outputs():  # streaming has begun
         assert time.monotonic() < deadline and not job.done()
         time.sleep(0.05)
+    waiting = client.submit("model_00010.pt", "Hi", 5, 1.0, 50, 1.0, 1, 1, api_name="/generate")
+    while (status := waiting.status()).code != Status.IN_QUEUE:  # it waits, and is told its place
+        assert time.monotonic() < deadline and not job.done(), status
+        time.sleep(0.05)
+    assert status.rank == 0 and not waiting.done()
     job.cancel()  # what the Stop button does
+    assert waiting.result(timeout=120)[0].startswith("Hi")
     deadline = time.monotonic() + 120
     while "app.py: stopped after" not in open(app["log"]).read():
         assert time.monotonic() < deadline, "the generation was not stopped"
@@ -290,6 +297,21 @@ def test_run_page_numbers_equal_the_logs(client):
     assert status["tokens_per_sec"] == 1280.0 and status["mfu"] == 0.0125
     assert status["elapsed_s"] == 6.0 and status["eta_s"] == 3600.0
     assert [s["step"] for s in status["samples"]] == [2] and status["samples"][0]["samples"] == METRICS[4]["samples"]
+
+
+def test_run_reads_metrics_as_they_grow(tmp_path):
+    import app
+    path = tmp_path / "metrics.jsonl"
+    train = dict(METRICS[2])
+    path.write_text(json.dumps(train) + "\n" + '{"step": 1, "kind": "tr')  # the trainer is mid-line
+    run = app.Run(str(tmp_path))
+    assert run.status()["step"] == 0
+    with open(path, "a") as f:  # the line is finished, and a resumed run goes back to step 1
+        f.write('ain", "loss": 5.0}\n' + json.dumps({**train, "step": 1, "loss": 4.5}) + "\n")
+    assert (run.status()["step"], run.status()["train_loss"]) == (1, 4.5)
+    path.write_text(json.dumps({**train, "step": 0, "loss": 9.0}) + "\n")  # a fresh run in the same directory
+    assert (run.status()["step"], run.status()["train_loss"]) == (0, 9.0)
+    assert run.tokens_per_step() == 512  # 1280 tokens/s x 400 ms
 
 
 def test_run_status_reads_log_txt_alone(tmp_path):
