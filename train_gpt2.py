@@ -10,8 +10,8 @@ HellaSwag, samples and checkpoints.
     python fineweb.py --demo && python train_gpt2.py --demo # a small model on a laptop CPU, a few minutes
 
 Data order. A shard of n tokens holds (n-1)//T windows of T+1 tokens at stride T. Epoch e visits the train
-shards in a permutation seeded by (seed, e), and the windows of shard k in a permutation seeded by
-(seed, e, k); the epochs follow one another as one endless stream of windows. Step s trains on windows
+shards in permutation(n_shards, seed, e), and the windows of shard k in permutation(n_windows, seed, e, k), a
+shuffle this file defines (no library version can change it); the epochs follow one another as one endless stream of windows. Step s trains on windows
 [s*W, (s+1)*W) of that stream (W = total_batch_size / T), and micro-batch j = micro_step * world_size + rank
 is the j-th run of B windows in it. A step's data therefore depends on neither the world size nor the
 accumulation split, and the loader's whole state is one number, the stream position.
@@ -152,6 +152,7 @@ def check_args(args, config, world_size):
 # data: uint16 token shards read through memory maps
 
 BIN_MAGIC, BIN_VERSION, BIN_HEADER_INTS = 20240520, 1, 256  # llm.c's .bin shard header
+DATA_ORDER = "mix64-sort-v1"  # names the shuffle below in checkpoints: a resume refuses any other
 
 
 def list_shards(data_dir, split):
@@ -188,6 +189,36 @@ def open_shard(path):
     return tokens
 
 
+MASK64 = 2**64 - 1
+
+
+def mix64(x):
+    """splitmix64's finalizer (Steele, Lea and Flood 2014): a bijection of 64-bit integers that scrambles every bit.
+    Works on a Python int or a uint64 numpy array, with the same explicit wrapping arithmetic."""
+    if isinstance(x, int):
+        x = (x + 0x9E3779B97F4A7C15) & MASK64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+        return x ^ (x >> 31)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2**64, which is what is wanted
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def permutation(n, *key):
+    """The project's own seeded shuffle, defined here so that no library upgrade can change a run's data order
+    (numpy does not promise Generator.permutation's output across versions): item i gets the sort key
+    mix64(h ^ i), with h = mix64(... mix64(mix64(0 ^ key[0]) ^ key[1]) ...), and the items are taken in
+    increasing key order (ties, which need a 64-bit collision, in index order). Pinned by a golden test."""
+    h = 0
+    for k in key:
+        h = mix64(h ^ (k & MASK64))
+    keys = mix64(np.uint64(h) ^ np.arange(n, dtype=np.uint64))
+    return np.argsort(keys, kind="stable")
+
+
 class ShardLoader:
     """Windows of T+1 tokens at stride T, read from a split's shards as one endless stream (see the top of the
     file). shuffle=True (train): a seeded permutation of the shards per epoch and of each shard's windows.
@@ -211,7 +242,7 @@ class ShardLoader:
         if self._plan[0] != epoch:
             order = np.arange(len(self.shards))
             if self.shuffle:
-                order = np.random.default_rng([self.seed, epoch]).permutation(order)
+                order = permutation(len(self.shards), self.seed, epoch)
             self._plan = (epoch, order, np.cumsum([0] + [self.counts[k] for k in order]))
         return self._plan[1:]
 
@@ -219,8 +250,7 @@ class ShardLoader:
         if (epoch, shard) not in self._orders:
             if len(self._orders) >= 4:  # a batch spans at most a few shards: keep the cache tiny
                 self._orders.clear()
-            rng = np.random.default_rng([self.seed, epoch, shard])
-            self._orders[(epoch, shard)] = rng.permutation(self.counts[shard])
+            self._orders[(epoch, shard)] = permutation(self.counts[shard], self.seed, epoch, shard)
         return self._orders[(epoch, shard)]
 
     def window(self, index):
@@ -245,9 +275,14 @@ class ShardLoader:
         return rows
 
     def state_dict(self):
-        return dict(position=self.position, seq_len=self.T, seed=self.seed, windows_per_epoch=self.windows_per_epoch)
+        return dict(position=self.position, seq_len=self.T, seed=self.seed, windows_per_epoch=self.windows_per_epoch,
+                    order=DATA_ORDER)
 
     def load_state_dict(self, state):
+        if state.get("order") != DATA_ORDER:  # older checkpoints: numpy's Generator.permutation
+            raise FatalError("the checkpoint's data order came from numpy's Generator.permutation, which this version "
+                             "replaced by its own shuffle: resume it with the version that wrote it, or start a new "
+                             "--log-dir")
         for key, value in self.state_dict().items():
             if key != "position" and state[key] != value:
                 raise FatalError(f"the checkpoint's data had {key}={state[key]}, this run has {value}: resume with "
@@ -372,6 +407,33 @@ def load_resume_checkpoint(path, config):
         raise FatalError(f"{path} holds a different model ({diff}): pass the flags it was trained with "
                          f"(--model/--n-layer/...) or use another --log-dir")
     return checkpoint
+
+
+# flags that define what a run computes: a resume must not change them. (A flag some checkpoint predates is skipped.)
+RUN_FLAGS = ("total_batch_size", "max_lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "skip_spikes",
+             "dtype", "optimizer", "schedule")
+# flags a resume may change: the schedule's length, the periodic work, and how the same global batch is split
+RESUMABLE_FLAGS = ("max_steps", "epochs", "eval_every", "val_tokens", "hellaswag_every", "sample_every",
+                   "sample_tokens", "checkpoint_every", "keep_checkpoints", "batch_size")
+
+
+def check_resume_args(path, checkpoint, args, world_size, step):
+    """Refuse a resume that would silently change the run; return notes on the changes a resume may make."""
+    flag = lambda name: "--" + name.replace("_", "-")
+    old, new = checkpoint["args"], vars(args)
+    changed = lambda names: [n for n in names if n in old and n in new and old[n] != new[n] and old[n] != "auto"]
+    refused = changed(RUN_FLAGS)
+    if refused:
+        raise FatalError(f"{path} was trained with " + ", ".join(f"{flag(n)} {old[n]} (now {new[n]})" for n in refused)
+                         + ": resuming would change the run. Resume with its values, or start a new run in another "
+                         "--log-dir (or pass --resume none there)")
+    notes = [f"{flag(n)} {old[n]} -> {new[n]}" for n in changed(RESUMABLE_FLAGS)]
+    if changed(["max_steps"]):
+        notes.append(f"the LR schedule is recomputed for {args.max_steps} steps from step {step}")
+    if len(checkpoint["rng"]) != world_size:
+        notes.append(f"{len(checkpoint['rng'])} -> {world_size} ranks (the same global batch of "
+                     f"{args.total_batch_size} tokens, so the same data)")
+    return notes
 
 
 def save_checkpoint(path, checkpoint, sleep_before_rename=0.0):
@@ -510,6 +572,8 @@ def main(argv=None):
             raise FatalError(f"--epochs {args.epochs} is less than one step of {args.total_batch_size} tokens")
     resume_path = resolve_resume(args.resume, args.log_dir)  # the newest in the log dir (auto), a given one, or none
     checkpoint = load_resume_checkpoint(resume_path, config) if resume_path else None
+    args.dtype = dtype  # what --dtype auto chose: a resume compares (and a checkpoint records) that
+    resume_notes = check_resume_args(resume_path, checkpoint, args, world_size, checkpoint["step"]) if checkpoint else []
     if checkpoint:
         train_loader.load_state_dict(checkpoint["loader"])
 
@@ -599,6 +663,8 @@ def main(argv=None):
               f"accumulation steps; {args.max_steps} steps; {train_loader.windows_per_epoch * T:,} train tokens "
               f"per epoch; {val_batches * B * T:,} val tokens")
         print(f"resuming from {resume_path} at step {start_step}" if resume_path else "starting from scratch")
+        for note in resume_notes:
+            print(f"note: resuming with {note}")
         print(f"sharding: {memory.strategy_name(strategy)}")
 
     def write_checkpoint(step, val_loss, evals_done):

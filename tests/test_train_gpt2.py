@@ -108,7 +108,7 @@ def reference(tmp_path_factory, data_dir):
     """One undisturbed single-process run: 12 steps of 2 micro-batches each, checkpoints at 4, 8, 12."""
     log_dir = str(tmp_path_factory.mktemp("reference"))
     result = run(["--data-dir", data_dir, "--log-dir", log_dir] + TINY)
-    return dict(log_dir=log_dir, stdout=result.stdout, log=read_log(log_dir))
+    return dict(log_dir=log_dir, stdout=result.stdout, log=read_log(log_dir), data_dir=data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +205,68 @@ def test_resume_after_k_steps_matches_uninterrupted(tmp_path, data_dir, referenc
     after_resume = lambda train: {step: loss for step, loss in train.items() if step >= 4}
     assert after_resume(log["train"]) == after_resume(reference["log"]["train"])
     assert same_weights(os.path.join(log_dir, "model_00012.pt"), os.path.join(reference["log_dir"], "model_00012.pt"))
+
+
+def resumed_run(tmp_path, reference, args, expect_rc=0, torchrun=None):
+    """Resume the reference's 4-step checkpoint with other flags."""
+    log_dir = str(tmp_path)
+    shutil.copy(os.path.join(reference["log_dir"], "model_00004.pt"), log_dir)
+    return log_dir, run(["--data-dir", reference["data_dir"], "--log-dir", log_dir] + TINY + args,
+                        expect_rc=expect_rc, torchrun=torchrun)
+
+
+def test_resume_refuses_flags_that_change_the_run(tmp_path, reference):
+    changed = {"--total-batch-size": ("256", "512"), "--max-lr": ("0.01", "0.02"), "--min-lr": ("0.001", "0.002"),
+               "--warmup-steps": ("2", "3"), "--weight-decay": ("0.1", "0.2"), "--grad-clip": ("1.0", "0.5"),
+               "--skip-spikes": ("0.0", "3.0"), "--dtype": ("fp32", "bf16")}
+    log_dir, result = resumed_run(tmp_path, reference, [w for f, (_, new) in changed.items() for w in (f, new)],
+                                  expect_rc=2)
+    error = result.stderr.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("error: ") and "start a new run" in error
+    for name, (old, new) in changed.items():
+        assert f"{name} {old} (now {new})" in error
+    assert sorted(os.listdir(log_dir)) == ["model_00004.pt"]  # nothing written
+
+
+def test_resume_may_extend_the_run_and_change_cadence_and_batch_split(tmp_path, reference):
+    _, result = resumed_run(tmp_path, reference, ["--max-steps", "14", "--eval-every", "7", "--checkpoint-every",
+                                                  "7", "--batch-size", "8"])
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: resuming with")]
+    assert notes == ["note: resuming with --max-steps 12 -> 14", "note: resuming with --eval-every 4 -> 7",
+                     "note: resuming with --checkpoint-every 4 -> 7", "note: resuming with --batch-size 4 -> 8",
+                     "note: resuming with the LR schedule is recomputed for 14 steps from step 4"]
+    assert re.search(r"step +13 \| loss ", result.stdout)
+
+
+def test_a_one_process_checkpoint_resumes_on_two_ranks_with_the_same_losses(tmp_path, reference):
+    log_dir, result = resumed_run(tmp_path, reference, [], torchrun=TORCHRUN)
+    assert "note: resuming with 1 -> 2 ranks (the same global batch of 256 tokens" in result.stdout
+    train = read_log(log_dir)["train"]
+    assert sorted(train) == list(range(4, 12))
+    for step in train:  # 2 ranks x 1 micro-batch against 1 rank x 2: the DDP tolerance
+        assert train[step] == pytest.approx(reference["log"]["train"][step], abs=1e-5), step
+
+
+def ordered_shards(directory):
+    """Train shards whose window w of shard k starts with the token k*1000 + w, so a window names itself."""
+    np.save(os.path.join(directory, "edufineweb_val_000000.npy"), np.zeros(100, dtype=np.uint16))
+    for k, n in enumerate((6500, 7000, 7500), start=1):
+        np.save(os.path.join(directory, f"edufineweb_train_{k:06d}.npy"), (k * 1000 + np.arange(n) // 32).astype(np.uint16))
+    return str(directory)
+
+
+def test_data_order_is_the_projects_own_shuffle_pinned_by_golden_values(tmp_path):
+    assert train_gpt2.permutation(10, 1337, 0).tolist() == [4, 3, 5, 0, 8, 6, 9, 2, 1, 7]
+    assert train_gpt2.mix64(0) == 0xE220A8397B1DCDAF  # splitmix64's first output for seed 0
+    assert sorted(train_gpt2.permutation(1000, 7, 1).tolist()) == list(range(1000))
+    train = loader(ordered_shards(tmp_path))
+    n = train.windows_per_epoch
+    assert [int(train.window(i)[0]) for i in range(8)] == [1064, 1058, 1076, 1091, 1199, 1027, 1066, 1078]
+    assert [int(train.window(n + i)[0]) for i in range(4)] == [2000, 2120, 2052, 2217]  # epoch 1: shard 2 first
+    older = {**train.state_dict()}
+    del older["order"]  # a checkpoint from before: numpy's Generator.permutation
+    with pytest.raises(train_gpt2.FatalError, match="numpy's Generator.permutation"):
+        loader(str(tmp_path)).load_state_dict(older)
 
 
 # -----------------------------------------------------------------------------
