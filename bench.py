@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from hardware import pick_dtype
+import memory
 from model import FLOPS_CONVENTION, GPT, GPTConfig, PRESETS, estimate_mfu, flops_per_token, format_mfu
 
 # -----------------------------------------------------------------------------
@@ -95,6 +96,8 @@ def parse_args(argv=None):
     parser.add_argument("--write-shards", metavar="DIR", help="instead of timing, write random-token shards for "
                                                                  "--warmup + --steps steps to DIR and print the "
                                                                  "train_gpt2.py command that runs this config on them")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="recompute each block's "
+                                                                            "activations in backward (memory.py)")
     parser.add_argument("--seed", type=int, default=1337, help="seed for the weights and the random tokens")
     return parser.parse_args(argv)
 
@@ -225,6 +228,8 @@ def make_train_step(args, compile=None, fused=None, attention="flash", batches=N
     raw_model = GPT(args.config).to(device)
     if attention == "manual":
         use_manual_attention(raw_model)
+    if args.activation_checkpointing:
+        memory.checkpoint_blocks(raw_model)
     model = torch.compile(raw_model, backend=args.compile_backend, mode=args.compile_mode) if compile else raw_model
     optimizer = raw_model.configure_optimizers(WEIGHT_DECAY, lr, device_type, fused=fused)
     scaler = torch.amp.GradScaler("cuda") if args.dtype == "fp16" else None

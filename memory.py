@@ -1,11 +1,15 @@
 """
-Fitting a model in GPU memory: sharded training states (train_gpt2.py --shard-optimizer and --fsdp).
+Fitting a model in GPU memory: sharded training states and activation checkpointing (train_gpt2.py
+--shard-optimizer, --fsdp, --activation-checkpointing).
 
     --shard-optimizer   ZeRO-1: torch.distributed.optim.ZeroRedundancyOptimizer keeps 1/world_size of the AdamW
                         states on each rank; gradients are all-reduced by DDP as before, each rank updates its own
                         parameters and broadcasts them.
     --fsdp              FSDP2 (fully_shard, per block and at the root): parameters, gradients and optimizer states
                         are all sharded; each block's weights are all-gathered for its forward and backward.
+    --activation-checkpointing
+                        torch.utils.checkpoint (use_reentrant=False) around every block: only a block's input is
+                        kept for backward, the rest is recomputed there.
 
 Checkpoints stay one file of the usual format whatever the sharding: the full model state_dict and the optimizer
 state of a plain torch.optim optimizer over model.parameters(), gathered on rank 0. So a sharded run resumes
@@ -23,6 +27,24 @@ STRATEGIES = ("ddp", "zero", "fsdp")  # plain DDP (or one process), --shard-opti
 
 def strategy_name(strategy):
     return {"ddp": "DDP", "zero": "ZeRO-1 (sharded optimizer states)", "fsdp": "FSDP2 (fully sharded)"}[strategy]
+
+
+# -----------------------------------------------------------------------------
+# activation checkpointing
+
+
+def checkpoint_blocks(model):
+    """Recompute every block's activations in backward: the block's forward runs under torch.utils.checkpoint
+    whenever gradients are being recorded (no_grad evaluation and generation run it plainly). The blocks are
+    patched in place, so parameter names, and with them the checkpoints, do not change."""
+    from torch.utils.checkpoint import checkpoint
+    for block in model.transformer.h:
+        def forward(*args, _forward=block.forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+        block.forward = forward
+    return model
 
 
 # -----------------------------------------------------------------------------

@@ -92,6 +92,7 @@ def parse_args(argv=None):
     add("--shard-optimizer", action="store_true", help="ZeRO-1: shard the optimizer states over the ranks "
         "(torch.distributed.optim.ZeroRedundancyOptimizer)")
     add("--fsdp", action="store_true", help="FSDP2: shard parameters, gradients and optimizer states over the ranks")
+    add("--activation-checkpointing", action="store_true", help="recompute each block's activations in backward")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add("--dtype", default="auto", choices=["auto", *hardware.DTYPES], help="autocast dtype (auto: bf16 on GPUs "
         "with native bf16, compute capability >= 8.0; fp16 with a GradScaler on older GPUs; fp32 on CPU and MPS)")
@@ -587,6 +588,8 @@ def main(argv=None):
     raw_model = GPT(config).to(device)
     if checkpoint:
         raw_model.load_state_dict(checkpoint["model"])
+    if args.activation_checkpointing:
+        memory.checkpoint_blocks(raw_model)
     if strategy == "fsdp":
         try:
             memory.shard_model(raw_model, device_type)
@@ -665,7 +668,8 @@ def main(argv=None):
         print(f"resuming from {resume_path} at step {start_step}" if resume_path else "starting from scratch")
         for note in resume_notes:
             print(f"note: resuming with {note}")
-        print(f"sharding: {memory.strategy_name(strategy)}")
+        print(f"sharding: {memory.strategy_name(strategy)}; activation checkpointing "
+              f"{'on' if args.activation_checkpointing else 'off'}")
 
     def write_checkpoint(step, val_loss, evals_done):
         """Every rank contributes its RNG state; rank 0 writes the file, then prunes old ones."""

@@ -5,6 +5,7 @@ losses (2 gloo ranks on CPU) and write plain one-file checkpoints that resume on
 against tensors measured on CPU.
 """
 
+import copy
 import os
 import shutil
 
@@ -33,8 +34,8 @@ needs_fsdp = pytest.mark.skipif(not FSDP_ON_CPU, reason=f"torch {torch.__version
 
 @pytest.fixture(scope="module")
 def sharded_runs(tmp_path_factory, data_dir):
-    """The reference's 12 steps on 2 ranks, run on first use: ZeRO-1, and FSDP2."""
-    flags = dict(zero=["--shard-optimizer"], fsdp=["--fsdp"])
+    """The reference's 12 steps on 2 ranks, run on first use: ZeRO-1, and FSDP2 with activation checkpointing."""
+    flags = dict(zero=["--shard-optimizer"], fsdp=["--fsdp", "--activation-checkpointing"])
     runs = {}
 
     def get(name):
@@ -109,3 +110,34 @@ def test_fsdp_and_shard_optimizer_together_is_one_line_error(tmp_path, data_dir)
                  expect_rc=2)
     assert result.stderr.strip().splitlines() == [
         "error: --fsdp shards the optimizer states already: pass --fsdp or --shard-optimizer, not both"]
+
+
+# -----------------------------------------------------------------------------
+# activation checkpointing
+
+
+def tiny_config(**overrides):
+    return GPTConfig(**{**dict(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=64), **overrides})
+
+
+def loss_and_grads(model, x):
+    model.zero_grad(set_to_none=True)
+    _, loss = model(x, x)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = GPT(tiny_config())
+    checkpointed = memory.checkpoint_blocks(copy.deepcopy(model))
+    x = torch.randint(0, 512, (4, 64))
+    loss, grads = loss_and_grads(model, x)
+    checkpointed_loss, checkpointed_grads = loss_and_grads(checkpointed, x)
+    assert torch.equal(loss, checkpointed_loss)
+    assert grads.keys() == checkpointed_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(checkpointed_grads[name], grads[name], rtol=0, atol=1e-7, msg=name)
+    assert checkpointed.state_dict().keys() == model.state_dict().keys()  # checkpoints are unchanged
+    with torch.no_grad():  # evaluation and generation run the blocks plainly
+        assert torch.equal(checkpointed(x)[0], model(x)[0])
