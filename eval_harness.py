@@ -4,7 +4,7 @@ this process, with no export step.
 
     python eval_harness.py -c log/ --tasks hellaswag,arc_easy,arc_challenge,piqa,winogrande,lambada_openai --batch-size 32
     python eval_harness.py -m gpt2 --tasks lambada_openai --limit 500 --out results.json
-    python eval_harness.py -c log/model_19072.pt --tasks my_task --include-path my_tasks/   # a local task yaml
+    python eval_harness.py -c log/ --tasks my_task --include-path my_tasks/   # a local task yaml
 
 The model is wrapped in lm-eval's own LM interface (TemplateLM) and handed to lm-eval's simple_evaluate, so the
 task definitions, prompts, few-shot sampling and metrics are the harness's. Only the three model calls live here:

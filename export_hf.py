@@ -2,7 +2,7 @@
 Export one of our checkpoints as a Hugging Face GPT-2 directory, so transformers, lm-eval-harness, vLLM and the
 rest of the ecosystem can use it.
 
-    python export_hf.py log/model_19072.pt gpt2-ours/
+    python export_hf.py log/ gpt2-ours/
     python -c "from transformers import GPT2LMHeadModel; GPT2LMHeadModel.from_pretrained('gpt2-ours')"
     lm_eval --model hf --model_args pretrained=gpt2-ours --tasks hellaswag
 
@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from fineweb import read_gpt2_bpe_files
-from model import GPT, GPT2_VOCAB_SIZE, HF_TRANSPOSED, clean_state_dict, load_checkpoint
+from model import GPT, GPT2_VOCAB_SIZE, HF_TRANSPOSED, clean_state_dict, load_checkpoint, resolve_checkpoint_path
 
 EOT = 50256  # <|endoftext|>: GPT-2's bos, eos and unk token
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -174,13 +174,15 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("checkpoint", help="one of train_gpt2.py's checkpoints, e.g. log/model_19072.pt")
+    parser.add_argument("checkpoint", help="one of train_gpt2.py's checkpoints, or a run directory (its newest): "
+                        "e.g. log/")
     parser.add_argument("out_dir", help="the Hugging Face directory to write")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the saved weights")
     parser.add_argument("--force", action="store_true", help="replace out_dir if it exists and is not empty")
     args = parser.parse_args(argv)
-    step = export(args.checkpoint, args.out_dir, args.dtype, args.force)
-    print(f"wrote {args.out_dir} from {args.checkpoint}" + (f" (step {step})" if step is not None else ""))
+    checkpoint = resolve_checkpoint_path(args.checkpoint)
+    step = export(checkpoint, args.out_dir, args.dtype, args.force)
+    print(f"wrote {args.out_dir} from {checkpoint}" + (f" (step {step})" if step is not None else ""))
 
 
 if __name__ == "__main__":

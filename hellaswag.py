@@ -2,8 +2,8 @@
 HellaSwag evaluation of GPT-2 and of our checkpoints, scored in the two conventions people quote.
 
     python hellaswag.py -m gpt2                     # OpenAI GPT-2 (hub name or local Hugging Face directory)
-    python hellaswag.py -c log/model_19072.pt       # one of train_gpt2.py's checkpoints
-    torchrun --standalone --nproc_per_node=8 hellaswag.py -c log/model_19072.pt
+    python hellaswag.py -c log/       # one of train_gpt2.py's checkpoints
+    torchrun --standalone --nproc_per_node=8 hellaswag.py -c log/
 
 Completion style (build-nanogpt / llm.c, what GPT-2 reproductions quote): the context `ctx`, then each ending
 with a leading space, one row per ending. acc picks the ending with the highest summed log-prob, acc_norm the
@@ -34,7 +34,7 @@ from tqdm import tqdm
 import fineweb
 from distributed import destroy_process_group, init_process_group
 from hardware import DTYPES, pick_device, pick_dtype
-from model import GPT, GPT2_VOCAB_SIZE
+from model import GPT, GPT2_VOCAB_SIZE, resolve_checkpoint_path
 
 OFFICIAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data"
 SPLIT_SIZES = {"train": 39905, "val": 10042, "test": 10003}  # examples in the official files
@@ -346,7 +346,7 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-m", "--model", help="Hugging Face GPT-2: a hub name (gpt2, gpt2-medium, gpt2-large, "
                         "gpt2-xl) or a local directory with config.json and model.safetensors")
-    source.add_argument("-c", "--checkpoint", help="a train_gpt2.py checkpoint, e.g. log/model_19072.pt")
+    source.add_argument("-c", "--checkpoint", help="a train_gpt2.py checkpoint, or a run directory (its newest): e.g. log/")
     parser.add_argument("--split", default="val", choices=list(SPLIT_SIZES),
                         help="which HellaSwag split (test has no labels, so it cannot be scored)")
     parser.add_argument("--data-file", default=None,
@@ -370,8 +370,8 @@ def check_args(args):
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+    if args.checkpoint is not None:
+        args.checkpoint = resolve_checkpoint_path(args.checkpoint)  # a file, or a run directory's newest
 
 
 def write_json_atomic(path, data):

@@ -1,8 +1,8 @@
 """
 Generate text from one of our checkpoints or from OpenAI's GPT-2.
 
-    python sample.py -c log/model_19072.pt --prompt "Hello, I'm a language model," --num-samples 5
-    python sample.py -c log/model_19072.pt --num-samples 1 --max-new-tokens 500   # streams as it goes
+    python sample.py -c log/ --prompt "Hello, I'm a language model," --num-samples 5
+    python sample.py -c log/ --num-samples 1 --max-new-tokens 500   # streams as it goes
     python sample.py -m gpt2 --temperature 0.8 --top-k 50 --top-p 0.95 --seed 42
     python sample.py -m hf_dir/                    # a Hugging Face-format directory, e.g. export_hf.py's output
 
@@ -20,7 +20,7 @@ import torch
 
 from fineweb import get_tokenizer  # the repo's one GPT-2 tokenizer, offline-capable
 from hardware import autocast, pick_device, pick_dtype
-from model import GPT, GPT2_VOCAB_SIZE
+from model import GPT, GPT2_VOCAB_SIZE, resolve_checkpoint_path
 
 EOT = 50256  # <|endoftext|>, which precedes every document in training
 
@@ -67,7 +67,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("-c", "--checkpoint", help="one of train_gpt2.py's checkpoints, e.g. log/model_19072.pt")
+    source.add_argument("-c", "--checkpoint", help="one of train_gpt2.py's checkpoints, or a run directory (its newest): "
+                        "e.g. log/")
     source.add_argument("-m", "--model", help="OpenAI GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local "
                                               "Hugging Face-format directory")
     parser.add_argument("--prompt", default="Hello, I'm a language model,", help="text to continue")
@@ -100,10 +101,11 @@ def main(argv=None):
     device = pick_device(args.device)
     enc = get_tokenizer()
     prompt_tokens = encode_prompt(enc, args.prompt)
-    model = load_model(args.checkpoint, args.model, device)
+    checkpoint = resolve_checkpoint_path(args.checkpoint) if args.checkpoint else None  # a file, or a run's newest
+    model = load_model(checkpoint, args.model, device)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     generator = torch.Generator(device=device).manual_seed(seed)
-    print(f"{args.checkpoint or args.model}: {model.num_params() / 1e6:.2f}M parameters on {device}, seed {seed}",
+    print(f"{checkpoint or args.model}: {model.num_params() / 1e6:.2f}M parameters on {device}, seed {seed}",
           file=sys.stderr)
 
     idx = torch.tensor([prompt_tokens], dtype=torch.long, device=device)

@@ -81,11 +81,12 @@ def test_same_seed_same_text_streamed_or_not(checkpoint):
     flags = ["-c", checkpoint, "--prompt", "The meaning of life is", "--num-samples", "1", "--max-new-tokens", "60",
              "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95", "--seed", "42", "--device", "cpu"]
     streamed = run_sample(*flags)
+    flags[1] = os.path.dirname(checkpoint)  # -c a run directory: its newest checkpoint, the same one
     whole = run_sample(*flags, "--no-stream")  # a second process, the other code path: the same text
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout.startswith("The meaning of life is") and len(streamed.stdout) > 60
     assert streamed.stdout == whole.stdout
-    assert "seed 42" in streamed.stderr
+    assert "seed 42" in streamed.stderr and f"{checkpoint}: " in whole.stderr
 
 
 def test_several_samples_differ_and_seeds_matter(checkpoint, capsys):
@@ -105,4 +106,7 @@ def test_several_samples_differ_and_seeds_matter(checkpoint, capsys):
 def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     result = run_sample("-c", str(tmp_path / "model_99999.pt"))
     assert result.returncode == 2
-    assert result.stderr == f"error: checkpoint {tmp_path / 'model_99999.pt'} does not exist\n"
+    assert result.stderr.startswith(f"error: checkpoint {tmp_path / 'model_99999.pt'} does not exist: pass a ")
+    assert len(result.stderr.splitlines()) == 1
+    empty = run_sample("-c", str(tmp_path))  # a run directory without checkpoints
+    assert empty.returncode == 2 and empty.stderr.startswith(f"error: {tmp_path} holds no checkpoints")
