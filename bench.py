@@ -5,6 +5,7 @@ Training throughput and MFU of GPT-2, measured on random tokens with train_gpt2.
     python bench.py --batch-size 32 --grad-accum 2  # the same tokens per step in half the activation memory
     python bench.py --compare                       # eager/compiled, fused/foreach AdamW, flash/manual attention
     python bench.py --profile                       # and then the top kernels from torch.profiler
+    python bench.py --memory --model gpt2-xl --world-size 8 --gpu-mem 24   # what fits, before renting (memory.py)
 
 Figures are the median over the timed steps; warm-up (and with it torch.compile) is excluded. MFU counts the
 model FLOPs of model.flops_per_token (6*N + 6*n_layer*n_embd*T) against the device's dense bf16 peak, and is
@@ -98,12 +99,24 @@ def parse_args(argv=None):
                                                                  "train_gpt2.py command that runs this config on them")
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute each block's "
                                                                             "activations in backward (memory.py)")
+    parser.add_argument("--memory", action="store_true", help="print the memory model instead of timing: bytes per "
+                        "rank for DDP / sharded states / FSDP, with and without activation checkpointing, the "
+                        "largest micro-batch that fits --gpu-mem, and a verdict (default model gpt2, B=1, T=1024)")
+    parser.add_argument("--world-size", type=int, default=8, help="with --memory: GPUs the states are sharded over")
+    parser.add_argument("--gpu-mem", type=float, default=24.0, help="with --memory: GiB of memory per GPU")
     parser.add_argument("--seed", type=int, default=1337, help="seed for the weights and the random tokens")
     return parser.parse_args(argv)
 
 
 def resolve_args(args):
     """Fill the per-device defaults and reject what cannot run, with a sentence a user can act on."""
+    if args.memory:  # arithmetic only: no device involved
+        for key, value in dict(model="gpt2", batch_size=1, seq_len=1024, dtype="bf16").items():
+            setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+        if args.world_size < 1 or args.gpu_mem <= 0 or args.batch_size < 1:
+            raise ValueError("--world-size and --batch-size must be at least 1 and --gpu-mem positive")
+        args.config = build_config(args)
+        return args
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device_type = args.device.split(":")[0]
@@ -536,8 +549,43 @@ def write_shards(args):
 # -----------------------------------------------------------------------------
 
 
+def gib(n_bytes):
+    return f"{n_bytes / 2**30:.2f}"
+
+
+def run_memory_model(args):
+    """The memory model's table: one row per strategy and activation checkpointing, bytes per rank."""
+    c, W, gpu_bytes = args.config, args.world_size, args.gpu_mem * 2**30
+    n_params = memory.parameter_counts(c)[0]
+    print(f"memory model: {args.model} ({n_params:,} parameters), T={args.seq_len}, {args.dtype} autocast with fp32 "
+          f"weights and AdamW states, {W} ranks of {args.gpu_mem:g} GiB ({gib(memory.usable_bytes(gpu_bytes))} GiB "
+          f"usable: {gib(memory.RESERVED_BYTES)} GiB for the CUDA context, {memory.FRAGMENTATION:.0%} allocator "
+          f"slack); GiB per rank, activations at B={args.batch_size}")
+    print(f"| strategy | act. ckpt | weights | grads | optimizer | activations | buffers | total | max B | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for strategy in memory.STRATEGIES:
+        for checkpointing in (False, True):
+            e = memory.estimate(c, strategy, W, args.batch_size, args.seq_len, args.dtype, checkpointing)
+            largest = memory.largest_micro_batch(c, strategy, W, args.seq_len, gpu_bytes, args.dtype, checkpointing)
+            states = e.weights + e.grads + e.optimizer + e.buffers
+            if largest == 0:
+                verdict = f"does not fit: {gib(states)} GiB before any activation" if states > memory.usable_bytes(
+                    gpu_bytes) else "does not fit one row"
+            else:
+                verdict = f"fits B <= {largest}" + ("" if largest >= args.batch_size else f", not B={args.batch_size}")
+            print(f"| {memory.strategy_name(strategy)} | {'on' if checkpointing else 'off'} | {gib(e.weights)} | "
+                  f"{gib(e.grads)} | {gib(e.optimizer)} | {gib(e.activations)} | {gib(e.buffers)} | {gib(e.total)} | "
+                  f"{largest} | {verdict} |")
+    print("buffers: DDP's gradient buckets (a second copy of the gradients), FSDP's gathered weights (the root's "
+          "and two blocks') and unsharded block gradients; activations: memory.activation_bytes (saved for "
+          "backward, the logits' fp32 copy and gradient at the peak, one recomputed block with checkpointing)")
+
+
 def main(argv=None):
     args = resolve_args(parse_args(argv))
+    if args.memory:
+        run_memory_model(args)
+        return
     if args.device_type == "cuda":
         torch.cuda.set_device(args.device)  # so the memory counters and the profiler look at this GPU
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer, as train_gpt2.py

@@ -1,6 +1,6 @@
 """
-Fitting a model in GPU memory: sharded training states and activation checkpointing (train_gpt2.py
---shard-optimizer, --fsdp, --activation-checkpointing).
+Fitting a model in GPU memory: sharded training states, activation checkpointing, and a memory model that
+says what fits before a GPU is rented. train_gpt2.py uses the first two, bench.py --memory prints the third.
 
     --shard-optimizer   ZeRO-1: torch.distributed.optim.ZeroRedundancyOptimizer keeps 1/world_size of the AdamW
                         states on each rank; gradients are all-reduced by DDP as before, each rank updates its own
@@ -17,6 +17,7 @@ unsharded, on another world size, and the other way round, and no other script n
 """
 
 import contextlib
+import dataclasses
 import inspect
 
 import torch
@@ -205,3 +206,98 @@ def report_memory(model, optimizer, device, world_size, master):
         dist.all_gather_object(sizes, measured_memory(model, optimizer, device))
     for rank, rank_sizes in enumerate(sizes if master else []):
         print(f"memory rank {rank}: {format_memory(rank_sizes)} (measured after the first step)")
+
+
+# -----------------------------------------------------------------------------
+# the memory model
+
+
+@dataclasses.dataclass
+class MemoryEstimate:
+    """Bytes per rank, for one strategy at one micro-batch."""
+    strategy: str
+    activation_checkpointing: bool
+    weights: int
+    grads: int
+    optimizer: int
+    activations: int  # saved for backward, plus the loss's logits workspace, at the micro-batch asked
+    buffers: int  # communication: DDP's gradient buckets, FSDP's all-gathered and reduce-scattered blocks
+
+    @property
+    def total(self):
+        return self.weights + self.grads + self.optimizer + self.activations + self.buffers
+
+
+def parameter_counts(config):
+    """(all parameters, one block's, the nn.Linear weights'), counted on a meta-device model (no memory), so every
+    architecture model.py builds is counted as it is built."""
+    from model import GPT
+    with torch.device("meta"):
+        model = GPT(config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return model.num_params(), sum(p.numel() for p in model.transformer.h[0].parameters()), linear
+
+
+def saved_activation_bytes(config, batch_size, seq_len, dtype="bf16", activation_checkpointing=False):
+    """Bytes autograd keeps for backward after one micro-batch's forward, for this repository's GPT.
+    Per block and token (C = n_embd, flash attention, no dropout): the fp32 residual stream into ln_1 and ln_2
+    (2 x 4C bytes), and in the autocast dtype ln_1's output, q k v, the attention output and its contiguous copy,
+    ln_2's output (7C elements), the MLP's fc and gelu outputs (8C): 8C + 15C x 2 = 38C bytes in bf16, 68C in
+    fp32. With activation checkpointing a block keeps only its input (4C bytes). The head keeps ln_f's input
+    (4C) and output (C in the autocast dtype) and the fp32 log-probabilities of the cross-entropy (4V bytes).
+    Under bf16 autocast the matmuls also keep bf16 copies of their weights (2 bytes per matmul weight)."""
+    C, V, L = config.n_embd, config.vocab_size, config.n_layer
+    low = 4 if dtype == "fp32" else 2
+    per_block = 2 * 4 * C + 15 * C * low
+    blocks = L * 4 * C if activation_checkpointing else L * per_block
+    per_token = blocks + 4 * C + C * low + 4 * V
+    weight_copies = 0
+    if dtype != "fp32":
+        weight_copies = 2 * (V * C if activation_checkpointing else parameter_counts(config)[2])
+    return batch_size * seq_len * per_token + weight_copies
+
+
+def activation_bytes(config, batch_size, seq_len, dtype="bf16", activation_checkpointing=False):
+    """The activation part of the peak: what is saved for backward, plus what is live on top of it at the worst
+    moment: with checkpointing, one block's full set while it is recomputed; and at the start of backward the
+    logits' gradient and the fp32 logits (2 x 4V bytes per token)."""
+    saved = saved_activation_bytes(config, batch_size, seq_len, dtype, activation_checkpointing)
+    C, V = config.n_embd, config.vocab_size
+    low = 4 if dtype == "fp32" else 2
+    recompute = (2 * 4 * C + 15 * C * low) if activation_checkpointing else 0
+    return saved + batch_size * seq_len * (recompute + 2 * 4 * V)
+
+
+def estimate(config, strategy, world_size, batch_size, seq_len, dtype="bf16", activation_checkpointing=False):
+    """The memory model: bytes per rank for weights, grads, optimizer states (AdamW, fp32 master weights),
+    activations and communication buffers. Weights and states are fp32 whatever the autocast dtype."""
+    (N, per_block, _), W = parameter_counts(config), world_size
+    blocks_gathered = 2 * 4 * per_block  # FSDP: the block being computed and the one prefetched
+    if strategy == "fsdp":
+        root = 4 * (N - config.n_layer * per_block)  # embeddings, lm_head, ln_f: gathered throughout
+        weights, grads, optimizer = 4 * N // W, 4 * N // W, 8 * N // W
+        buffers = (root + 2 * blocks_gathered) if W > 1 else 0  # all-gathered weights; unsharded grads to scatter
+    else:
+        weights, grads = 4 * N, 4 * N
+        optimizer = 8 * N // W if strategy == "zero" else 8 * N
+        buffers = 4 * N if W > 1 else 0  # DDP's buckets: a second copy of the gradients
+    activations = activation_bytes(config, batch_size, seq_len, dtype, activation_checkpointing)
+    return MemoryEstimate(strategy, activation_checkpointing, weights, grads, optimizer, activations, buffers)
+
+
+RESERVED_BYTES = 1 * 2**30  # CUDA context, cuBLAS workspaces, compiled kernels: not seen by the allocator
+FRAGMENTATION = 0.10  # the caching allocator's slack: keep 10% of the rest free
+
+
+def usable_bytes(gpu_bytes):
+    return (gpu_bytes - RESERVED_BYTES) * (1 - FRAGMENTATION)
+
+
+def largest_micro_batch(config, strategy, world_size, seq_len, gpu_bytes, dtype="bf16",
+                        activation_checkpointing=False, limit=1024):
+    """The largest micro-batch whose estimate fits in the usable part of gpu_bytes (0: none fits)."""
+    fixed = estimate(config, strategy, world_size, 0, seq_len, dtype, activation_checkpointing).total
+    per_row = activation_bytes(config, 1, seq_len, dtype, activation_checkpointing) - \
+        activation_bytes(config, 0, seq_len, dtype, activation_checkpointing)
+    room = usable_bytes(gpu_bytes) - fixed
+    return 0 if room < per_row else min(limit, int(room // per_row))

@@ -210,3 +210,22 @@ def test_cuda_run_and_compare():
     assert result.returncode == 0, result.stderr
     for name in ("eager, AdamW fused", "AdamW foreach", "manual attention"):
         assert name in result.stdout
+
+
+# -----------------------------------------------------------------------------
+# --memory: the memory model (memory.py), checked against measured tensors in tests/test_memory.py
+
+
+def test_memory_model_table_for_gpt2_xl_on_eight_24_gb_gpus():
+    result = run_bench("--memory", "--model", "gpt2-xl", "--world-size", "8", "--gpu-mem", "24")
+    assert result.returncode == 0, result.stderr
+    rows = {(cells[0], cells[1]): cells for cells in
+            ([c.strip() for c in line.strip().strip("|").split("|")] for line in result.stdout.splitlines()
+             if line.startswith("| ") and not line.startswith("| strategy"))}
+    assert len(rows) == 6  # DDP, ZeRO-1, FSDP2, each with and without activation checkpointing
+    assert "1,557,686,400 parameters" in result.stdout and "activations at B=1" in result.stdout
+    ddp, fsdp = rows[("DDP", "off")], rows[("FSDP2 (fully sharded)", "on")]
+    assert ddp[2:5] == ["5.80", "5.80", "11.61"]  # fp32 weights, grads, AdamW's two states: 16 bytes/parameter
+    assert ddp[-1].startswith("does not fit")
+    assert fsdp[2:5] == ["0.73", "0.73", "1.45"]  # all of it over 8 ranks
+    assert fsdp[-1].startswith("fits B <= ") and int(fsdp[-2]) > int(rows[("FSDP2 (fully sharded)", "off")][-2]) > 0
