@@ -216,3 +216,16 @@ def test_bad_flags_are_one_line_errors(tmp_path, args, message):
     result = run_eval_harness("-c", tmp_path, "--tasks", "hellaswag", *args)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+@pytest.mark.benchmark
+@pytest.mark.slow
+def test_bench_eval_harness_smoke(tmp_path):
+    """The benchmark runs and finds the two models' scores equal (its figures are not checked)."""
+    env = dict(environment(str(tmp_path)), TQDM_DISABLE="1")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench_eval_harness.py"), "--n-examples", "4",
+                             "--rounds", "1", "--n-layer", "1", "--n-head", "2", "--n-embd", "32"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"examples/s: median [\d.]+x", result.stdout)
+    assert "(equal)" in result.stdout, result.stdout
