@@ -1,6 +1,7 @@
 """
-Fitting a model in GPU memory: sharded training states, activation checkpointing, and a memory model that
-says what fits before a GPU is rented. train_gpt2.py uses the first two, bench.py --memory prints the third.
+Fitting a model in GPU memory: sharded training states, activation checkpointing, the micro-batch probe, and a
+memory model that says what fits before a GPU is rented. train_gpt2.py uses the first three, bench.py --memory
+prints the fourth.
 
     --shard-optimizer   ZeRO-1: torch.distributed.optim.ZeroRedundancyOptimizer keeps 1/world_size of the AdamW
                         states on each rank; gradients are all-reduced by DDP as before, each rank updates its own
@@ -24,6 +25,22 @@ import torch
 import torch.distributed as dist
 
 STRATEGIES = ("ddp", "zero", "fsdp")  # plain DDP (or one process), --shard-optimizer, --fsdp
+
+
+def pick_strategy(fsdp, shard_optimizer, dtype, world_size, master=True):
+    """'ddp' (plain DDP, or one process), 'zero' (--shard-optimizer) or 'fsdp' (--fsdp); ValueError for a
+    combination that cannot run."""
+    if fsdp and shard_optimizer:
+        raise ValueError("--fsdp shards the optimizer states already: pass --fsdp or --shard-optimizer, not both")
+    strategy = "fsdp" if fsdp else "zero" if shard_optimizer else "ddp"
+    if strategy == "fsdp" and dtype == "fp16":
+        raise ValueError("--fsdp with fp16 needs a sharded GradScaler, which train_gpt2.py does not have: use "
+                         "--dtype bf16, or --shard-optimizer")
+    if strategy != "ddp" and world_size == 1:
+        if master:
+            print(f"note: one process, nothing to shard: --{'fsdp' if fsdp else 'shard-optimizer'} ignored")
+        return "ddp"
+    return strategy
 
 
 def strategy_name(strategy):
@@ -206,6 +223,94 @@ def report_memory(model, optimizer, device, world_size, master):
         dist.all_gather_object(sizes, measured_memory(model, optimizer, device))
     for rank, rank_sizes in enumerate(sizes if master else []):
         print(f"memory rank {rank}: {format_memory(rank_sizes)} (measured after the first step)")
+
+
+# -----------------------------------------------------------------------------
+# --batch-size auto: the largest micro-batch that fits
+
+
+class OutOfMemory(Exception):
+    """Raised by a probe when a size does not fit (torch.cuda.OutOfMemoryError on a GPU; the tests use it)."""
+
+
+def divisors_descending(n, largest=None):
+    return [d for d in range(min(n, largest or n), 0, -1) if n % d == 0]
+
+
+def fallback_micro_batch(rows_per_rank, default):
+    """--batch-size auto with no GPU to probe: the default, or its largest divisor of the rows per rank."""
+    return max(divisors_descending(rows_per_rank, default) or [default])
+
+
+def find_micro_batch(rows_per_rank, fits, largest=None):
+    """The largest micro-batch B that divides rows_per_rank (rows of the global batch each rank processes per
+    step, so that the global batch, and with it the losses, stay the same) and for which fits(B) is True,
+    trying divisors from the largest down. Returns (B, [(tried B, reason it was rejected), ...])."""
+    rejected = []
+    for batch_size in divisors_descending(rows_per_rank, largest):
+        ok, reason = fits(batch_size)
+        if ok:
+            return batch_size, rejected
+        rejected.append((batch_size, reason))
+    raise OutOfMemory(f"not even a micro-batch of 1 fits ({rejected[-1][1]})")
+
+
+def cuda_probe(model, optimizer, seq_len, vocab_size, device, autocast, extra_bytes=0, passes=2):
+    """fits(B) for find_micro_batch on a GPU: `passes` forward/backward passes of B random rows on the real model,
+    with the optimizer states this rank will hold reserved first (AdamW's are created at the first step).
+    Nothing is updated; the gradients are dropped, and a private generator leaves the training RNG untouched."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    state_bytes = 2 * sum(local_bytes(p) for group in getattr(optimizer, "optim", optimizer).param_groups
+                          for p in group["params"])  # AdamW: exp_avg and exp_avg_sq, fp32 like the weights
+    state_bytes += extra_bytes  # what else the real step holds and a bare forward/backward does not (DDP's buckets)
+
+    def fits(batch_size):
+        reserve = None
+        try:
+            reserve = torch.empty(state_bytes, dtype=torch.uint8, device=device)
+            for _ in range(passes):
+                x = torch.randint(0, vocab_size, (batch_size, seq_len), device=device, generator=generator)
+                with autocast:
+                    _, loss = model(x, x)
+                loss.backward()
+            torch.cuda.synchronize(device)
+            return True, "fits"
+        except torch.cuda.OutOfMemoryError:
+            return False, "out of memory"
+        finally:
+            del reserve
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    return fits
+
+
+def auto_micro_batch(model, optimizer, strategy, args, config, world_size, device, autocast, master):
+    """--batch-size auto on a GPU: the micro-batch train_gpt2.py runs with, printed with the reason. Plain DDP and
+    ZeRO probe the real model on each rank (no collectives: every rank can fail alone), and the ranks take the
+    smallest choice. FSDP's forward gathers weights from every rank, so a rank running out of memory alone would
+    leave the others waiting: there the memory model chooses, against the GPU's total memory."""
+    rows_per_rank = args.total_batch_size // (args.seq_len * world_size)
+    if strategy == "fsdp":
+        total = torch.cuda.get_device_properties(device).total_memory
+        dtype = "fp32" if args.dtype == "fp32" else "bf16"
+        predicted = largest_micro_batch(config, strategy, world_size, args.seq_len, total, dtype,
+                                        args.activation_checkpointing)
+        batch_size = max(divisors_descending(rows_per_rank, max(predicted, 1)))
+        reason = f"the memory model's largest micro-batch for {total / 2**30:.0f} GiB is {predicted}"
+    else:
+        ddp_buckets = 4 * sum(p.numel() for p in model.parameters()) if world_size > 1 else 0
+        fits = cuda_probe(model, optimizer, args.seq_len, config.vocab_size, device, autocast, extra_bytes=ddp_buckets)
+        batch_size, rejected = find_micro_batch(rows_per_rank, fits)
+        tried = ", ".join(f"{b} ({why})" for b, why in rejected)
+        reason = f"2 forward/backward passes fit{'; tried first: ' + tried if tried else ''}"
+    if world_size > 1:
+        chosen = torch.tensor(batch_size, device=device)
+        dist.all_reduce(chosen, op=dist.ReduceOp.MIN)
+        batch_size = int(chosen.item())  # a divisor on every rank, so the smallest is one too
+    if master:
+        print(f"batch size auto: {batch_size} rows per micro-step, the largest divisor of the {rows_per_rank} rows "
+              f"each rank takes per step that fits: {reason}; the global batch stays {args.total_batch_size} tokens")
+    return batch_size
 
 
 # -----------------------------------------------------------------------------

@@ -69,7 +69,8 @@ def parse_args(argv=None):
     for flag in ("--n-layer", "--n-head", "--n-embd"):
         add(flag, type=int, default=None, help="overrides the --model preset (None: the preset's)")
     add("--vocab-size", type=int, default=50304, help="GPT-2's 50257 padded to a multiple of 128, for speed")
-    add("--batch-size", type=int, default=64, help="micro-batch rows per GPU (B)")
+    add("--batch-size", type=batch_size_arg, default=64, help="micro-batch rows per GPU (B), or 'auto': the largest "
+        "that fits this GPU and divides the rows per rank and step (elsewhere: the default, or its largest divisor)")
     add("--seq-len", type=int, default=1024, help="tokens per row (T)")
     add("--total-batch-size", type=int, default=524288, help="tokens per optimizer step, over all GPUs (2**19)")
     add("--max-lr", type=float, default=6e-4, help="peak learning rate")
@@ -108,7 +109,12 @@ def parse_args(argv=None):
     if args.demo:
         parser.set_defaults(**DEMO_PRESET)
         args = parser.parse_args(argv)  # parse again: flags given on the command line win over the preset
+    args.default_batch_size = parser.get_default("batch_size")  # what --batch-size auto falls back to off CUDA
     return args
+
+
+def batch_size_arg(text):
+    return text if text == "auto" else int(text)
 
 
 class FatalError(Exception):
@@ -129,8 +135,6 @@ def check_args(args, config, world_size):
     flag = lambda name: "--" + name.replace("_", "-")
     positive = ["batch_size", "seq_len", "total_batch_size", "vocab_size", "n_layer", "n_head", "n_embd",
                 "sample_tokens", "max_lr"] + ([] if args.epochs else ["max_steps"])
-    if args.fsdp and args.shard_optimizer:
-        raise FatalError("--fsdp shards the optimizer states already: pass --fsdp or --shard-optimizer, not both")
     for name in positive:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise FatalError(f"{flag(name)} must be positive, got {getattr(args, name)}")
@@ -415,7 +419,8 @@ RUN_FLAGS = ("total_batch_size", "max_lr", "min_lr", "warmup_steps", "weight_dec
              "dtype", "optimizer", "schedule")
 # flags a resume may change: the schedule's length, the periodic work, and how the same global batch is split
 RESUMABLE_FLAGS = ("max_steps", "epochs", "eval_every", "val_tokens", "hellaswag_every", "sample_every",
-                   "sample_tokens", "checkpoint_every", "keep_checkpoints", "batch_size")
+                   "sample_tokens", "checkpoint_every", "keep_checkpoints", "batch_size", "shard_optimizer", "fsdp",
+                   "activation_checkpointing")
 
 
 def check_resume_args(path, checkpoint, args, world_size, step):
@@ -462,19 +467,6 @@ def set_rng_state(state, device_type):
     torch.set_rng_state(state["torch"])
     if device_type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def sharding_strategy(args, dtype, world_size, master):
-    """'ddp' (plain DDP, or one process), 'zero' (--shard-optimizer) or 'fsdp' (--fsdp); see memory.py."""
-    strategy = "fsdp" if args.fsdp else "zero" if args.shard_optimizer else "ddp"
-    if strategy == "fsdp" and dtype == "fp16":
-        raise FatalError("--fsdp with fp16 needs a sharded GradScaler, which this script does not have: use --dtype "
-                         "bf16, or --shard-optimizer")
-    if strategy != "ddp" and world_size == 1:
-        if master:
-            print(f"note: one process, nothing to shard: --{'fsdp' if args.fsdp else 'shard-optimizer'} ignored")
-        return "ddp"
-    return strategy
 
 
 def append_log(path, line):
@@ -549,11 +541,18 @@ def main(argv=None):
     try:  # bf16 only where the GPU has it natively (compute capability >= 8.0), else fp16 with a GradScaler
         device = hardware.pick_device(args.device, local_rank, ddp)
         dtype = hardware.pick_dtype(args.dtype, device, warn=master)
+        strategy = memory.pick_strategy(args.fsdp, args.shard_optimizer, dtype, world_size, master)
     except ValueError as e:
         raise FatalError(str(e)) from None
     device_type = device.split(":")[0]
+    probe_batch = args.batch_size == "auto" and device_type == "cuda"
+    if args.batch_size == "auto":  # on CUDA probed once the model is built (1 until then); elsewhere the default
+        rows_per_rank = args.total_batch_size // (args.seq_len * world_size)
+        args.batch_size = 1 if probe_batch else memory.fallback_micro_batch(rows_per_rank, args.default_batch_size)
+        if master and not probe_batch:
+            print(f"batch size auto: {args.batch_size}, the default {args.default_batch_size} or its largest divisor "
+                  f"of the {rows_per_rank} rows per rank and step: there is no GPU to probe on {device_type}")
     check_args(args, config, world_size)
-    strategy = sharding_strategy(args, dtype, world_size, master)
     B, T = args.batch_size, args.seq_len
     grad_accum_steps = args.total_batch_size // (B * T * world_size)
     windows_per_step = args.total_batch_size // T
@@ -599,6 +598,11 @@ def main(argv=None):
     if strategy == "zero":
         optimizer = memory.zero_optimizer(optimizer)
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
+    if probe_batch:
+        B = memory.auto_micro_batch(raw_model, optimizer, strategy, args, config, world_size, device, autocast, master)
+        args.batch_size = train_loader.B = val_loader.B = B
+        grad_accum_steps = args.total_batch_size // (B * T * world_size)
+        val_batches = min(args.val_tokens // T, val_loader.windows_per_epoch) // B
 
     # resume the whole training state
     start_step, recent_losses, bad_streak, resumed_evals_done = 0, deque(maxlen=SPIKE_WINDOW), 0, False

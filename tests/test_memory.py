@@ -112,6 +112,14 @@ def test_fsdp_and_shard_optimizer_together_is_one_line_error(tmp_path, data_dir)
         "error: --fsdp shards the optimizer states already: pass --fsdp or --shard-optimizer, not both"]
 
 
+def test_batch_size_auto_on_cpu_keeps_the_default_divisor(tmp_path, data_dir):
+    result = run(["--data-dir", data_dir, "--log-dir", str(tmp_path)] + TINY + ["--batch-size", "auto",
+                 "--max-steps", "1", "--eval-every", "0", "--checkpoint-every", "0"])
+    # 256 tokens / 32 = 8 rows per step; the default 64 does not divide them, its largest divisor 8 does
+    assert "batch size auto: 8, the default 64 or its largest divisor of the 8 rows" in result.stdout
+    assert "8 x 32 x 1 ranks x 1 accumulation steps" in result.stdout
+
+
 # -----------------------------------------------------------------------------
 # activation checkpointing
 
@@ -141,6 +149,46 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     assert checkpointed.state_dict().keys() == model.state_dict().keys()  # checkpoints are unchanged
     with torch.no_grad():  # evaluation and generation run the blocks plainly
         assert torch.equal(checkpointed(x)[0], model(x)[0])
+
+
+# -----------------------------------------------------------------------------
+# --batch-size auto: the search, with a stand-in for out-of-memory
+
+
+def test_micro_batch_search_keeps_the_largest_divisor_that_fits():
+    tried = []
+
+    def fits(batch_size):  # a GPU on which 12 rows or fewer fit
+        tried.append(batch_size)
+        return (True, "fits") if batch_size <= 12 else (False, "out of memory")
+    batch_size, rejected = memory.find_micro_batch(64, fits)
+    assert batch_size == 8  # 12 fits but does not divide 64: the global batch must not change
+    assert tried == [64, 32, 16, 8] and rejected == [(64, "out of memory"), (32, "out of memory"),
+                                                     (16, "out of memory")]
+    assert memory.find_micro_batch(48, fits)[0] == 12
+    with pytest.raises(memory.OutOfMemory, match="not even a micro-batch of 1"):
+        memory.find_micro_batch(8, lambda b: (False, "out of memory"))
+
+
+def test_probe_reports_an_out_of_memory_error_as_not_fitting(monkeypatch):
+    """cuda_probe's fits() turns torch.cuda.OutOfMemoryError into (False, reason), run here with a stand-in
+    model that raises it above 4 rows and the CUDA calls stubbed."""
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x, y):
+            if x.size(0) > 4:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
+            return None, (self.weight * x.float()).sum()
+    model = Model()
+    optimizer = torch.optim.AdamW(model.parameters())
+    for name in ("synchronize", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args: None)
+    fits = memory.cuda_probe(model, optimizer, 8, 16, "cpu", torch.autocast("cpu", enabled=False))
+    assert memory.find_micro_batch(16, fits) == (4, [(16, "out of memory"), (8, "out of memory")])
+    assert model.weight.grad is None and not optimizer.state  # nothing trained, nothing kept
 
 
 # -----------------------------------------------------------------------------
