@@ -87,7 +87,8 @@ class ModelSource:
     def __init__(self, checkpoint=None, model_name=None, device="cpu"):
         self.device, self.model_name = device, model_name
         self.run_dir = self.checkpoint_file = None
-        if checkpoint and os.path.isdir(checkpoint):
+        # a directory, or a path that is not a .pt file yet: a run directory (training may not have made it yet)
+        if checkpoint and (os.path.isdir(checkpoint) or not (os.path.exists(checkpoint) or checkpoint.endswith(".pt"))):
             self.run_dir = checkpoint
         elif checkpoint:
             self.checkpoint_file = resolve_checkpoint_path(checkpoint)  # FileNotFoundError with a sentence
@@ -391,7 +392,7 @@ def build_app(source, enc, device, dtype, max_new_tokens, refresh):
     def select(name):
         """Load the chosen model (in the device's queue) and describe it."""
         if not name:
-            return "no checkpoint yet: the list fills as training writes model_XXXXX.pt files"
+            return f"no checkpoint in {source.run_dir} yet: the list fills as training writes model_XXXXX.pt files"
         try:
             return describe(source.get(name), name)
         except (OSError, ValueError) as e:
@@ -494,10 +495,10 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    if args.checkpoint and not os.path.exists(args.checkpoint):
-        raise FileNotFoundError(f"{args.checkpoint} does not exist: pass a run directory such as log/ or a "
-                                f"checkpoint file")
     source = ModelSource(args.checkpoint, args.model, device)
+    if source.run_dir and not os.path.isdir(source.run_dir):
+        print(f"app.py: {source.run_dir} does not exist yet: its page fills when train_gpt2.py writes into it",
+              file=sys.stderr)
     from fineweb import get_tokenizer
     enc = get_tokenizer()
     if source.choices():

@@ -402,11 +402,22 @@ def test_nothing_reached_for_the_network_and_refusals_are_one_line(app, proxy):
 
 
 def test_bad_command_line_is_a_one_line_error(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(REPO, "app.py"), "-c", str(tmp_path / "missing")],
+    result = subprocess.run([sys.executable, os.path.join(REPO, "app.py"), "-c", str(tmp_path / "model_00001.pt")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr == f"error: {tmp_path / 'missing'} does not exist: pass a run directory such as log/ or a " \
-                            f"checkpoint file\n"
+    assert result.stderr == f"error: checkpoint {tmp_path / 'model_00001.pt'} does not exist: pass a checkpoint " \
+                            f"file or a run directory such as log/\n"
+
+
+def test_a_run_directory_that_training_has_not_made_yet_is_watched(tmp_path):
+    import app
+    source = app.ModelSource(str(tmp_path / "log"), device="cpu")  # the app may start before train_gpt2.py
+    assert source.run_dir == str(tmp_path / "log") and source.choices() == []
+    assert app.Run(source.run_dir).status()["step"] is None
+    os.makedirs(tmp_path / "log")
+    write_checkpoint(tmp_path / "log" / "model_00150.pt", seed=0)
+    assert source.choices() == ["model_00150.pt"]
+
 
 
 def test_a_pruned_model_generates_what_sample_py_prints(tmp_path, capsys):
