@@ -153,6 +153,9 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False):
     check_out_dir(out_dir, force)
     checkpoint = load_checkpoint(checkpoint_path)
     model = GPT.from_checkpoint(checkpoint_path, checkpoint=checkpoint)  # checks the weights; peers' formats too
+    if set(model.config.heads_per_layer()) != {model.config.n_head}:
+        raise ValueError(f"{checkpoint_path} is a pruned model ({model.config.heads_per_layer()} heads per layer); "
+                         f"Hugging Face's GPT-2 has n_head heads in every layer, so it cannot hold it")
     config = dataclasses.asdict(model.config)
     hf_state = to_hf_state_dict(model.state_dict(), DTYPES[dtype])
     parent = os.path.dirname(os.path.abspath(out_dir))

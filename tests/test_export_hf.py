@@ -162,3 +162,12 @@ def test_checkpoint_and_its_export_sample_the_same_text_for_a_seed(exported):
     ours, theirs = run_script("sample.py", "-c", checkpoint, *args), run_script("sample.py", "-m", out_dir, *args)
     assert ours.returncode == 0 and theirs.returncode == 0, ours.stderr + theirs.stderr
     assert ours.stdout == theirs.stdout  # the 50304-row checkpoint and the 50257-row export draw the same tokens
+
+
+def test_refuses_a_pruned_model(tmp_path):
+    torch.manual_seed(0)
+    config = GPTConfig(**TINY, layer_heads=[2, 1])  # heads.py --save-pruned writes such checkpoints
+    torch.save({"model": GPT(config).state_dict(), "config": dataclasses.asdict(config)}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="pruned model"):
+        export(str(tmp_path / "model.pt"), str(tmp_path / "hf"))
+    assert not os.path.exists(tmp_path / "hf")

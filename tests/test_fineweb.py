@@ -538,3 +538,80 @@ def test_download_killed_midway_resumes_byte_identical(hub, tmp_path):
         if filename.endswith(".bin"):
             assert (out_dir / filename).read_bytes() == data
     assert not [n for n in os.listdir(out_dir) if n.endswith(".part")]
+
+# -----------------------------------------------------------------------------
+# tokenizer statistics (stats.json)
+
+STATS_DOCS = ["the cat sat on the mat", "The zyzzyvaqx and the cat", "naïve café 42 don't\nstop", ""]
+
+
+def expected_word_chunks():
+    """The word chunks of STATS_DOCS, written out by hand: letter runs with the space before them, if any."""
+    chunks = ["the", " cat", " sat", " on", " the", " mat", "The", " zyzzyvaqx", " and", " the", " cat",
+              "naïve", " café", " don", "t", "stop"]
+    return chunks
+
+
+def test_stats_counts_are_exact_on_a_small_corpus(tmp_path):
+    enc = fineweb.get_tokenizer()
+    with open(tmp_path / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for doc in STATS_DOCS:
+            f.write(json.dumps({"text": doc}) + "\n")
+    result = run_fineweb("--stats-only", "--local-files", tmp_path / "corpus.jsonl", "--out-dir", tmp_path / "out",
+                         "--num-proc", 1)
+    assert result.returncode == 0, result.stderr
+    assert not shard_files(tmp_path / "out")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    tokens = [len(enc.encode_ordinary(doc)) for doc in STATS_DOCS]
+    assert stats["scope"] == "every document of the corpus"
+    assert stats["documents"] == 4 and stats["tokens"] == sum(tokens)
+    assert stats["characters"] == sum(len(doc) for doc in STATS_DOCS)
+    assert stats["bytes"] == sum(len(doc.encode("utf-8")) for doc in STATS_DOCS) == stats["characters"] + 2  # ï and é: 2 bytes each
+    assert stats["chars_per_token"] == pytest.approx(stats["characters"] / stats["tokens"])
+    assert stats["tokens_per_document"]["p0"] == 0 and stats["tokens_per_document"]["p100"] == max(tokens)
+    assert stats["tokens_per_document"]["p50"] == float(np.median(tokens))
+    chunks = expected_word_chunks()
+    words = stats["words"]
+    assert words["all"]["occurrences"] == len(chunks) and words["all"]["types"] == len({c.strip() for c in chunks})
+    assert words["all"]["tokens"] == sum(len(enc.encode_ordinary(c)) for c in chunks)
+    # "the" occurs 3 times ("the", " the" x2; "The" is another word), "cat" twice, the others once
+    by_bucket = {row["bucket"]: row for row in words["by_frequency"]}
+    assert set(by_bucket) == {"1", "2-9"}
+    frequent = [c for c in chunks if c.strip() in ("the", "cat")]
+    assert by_bucket["2-9"]["occurrences"] == len(frequent) == 5 and by_bucket["2-9"]["types"] == 2
+    rare = [c for c in chunks if c not in frequent]
+    counts = [len(enc.encode_ordinary(c)) for c in rare]
+    assert by_bucket["1"]["by_tokens"] == [counts.count(1), counts.count(2), counts.count(3),
+                                           sum(n >= 4 for n in counts)]
+    assert sum(by_bucket["1"]["share"].values()) == pytest.approx(1.0)
+    assert "word frequency" in result.stdout and "wrote" in result.stdout
+
+
+def test_a_run_writes_stats_beside_the_shards_for_the_documents_in_them(tmp_path):
+    (tmp_path / "c.txt").write_text(" ".join(["word"] * 100))
+    (tmp_path / "d.txt").write_text("never read")
+    out = tmp_path / "out"
+    result = run_fineweb("--local-files", tmp_path / "c.txt", tmp_path / "d.txt", "--out-dir", out,
+                         "--max-tokens", 50, "--num-proc", 1)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["documents"] == 1 and stats["scope"] == "every document in the shards"
+    assert stats["words"]["all"]["occurrences"] == 100  # the whole document, though the shards hold 50 tokens
+    assert not os.path.exists(tmp_path / "none" / "stats.json")
+    assert run_fineweb("--local-files", tmp_path / "c.txt", "--out-dir", tmp_path / "none", "--no-stats").returncode == 0
+    assert not os.path.exists(tmp_path / "none" / "stats.json")
+
+
+def test_vocab_comparison_trains_real_bpe_tokenizers(tmp_path):
+    (tmp_path / "c.txt").write_text("the cat sat on the mat and the other cat sat on the hat\n" * 20)
+    result = run_fineweb("--stats-only", "--local-files", tmp_path / "c.txt", "--out-dir", tmp_path,
+                         "--compare-vocab", "300,400", "--num-proc", 1)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "stats.json").read_text())["vocab_comparison"]
+    assert [row["vocab_size"] for row in rows] == [300, 400]
+    assert all(257 <= row["trained_vocab_size"] <= row["vocab_size"] for row in rows)
+    assert rows[0]["tokens"] >= rows[1]["tokens"]  # more merges, fewer tokens
+    assert rows[1]["words"]["all"]["occurrences"] == 20 * 14
+    assert "byte-level BPE trained on these documents" in result.stdout
+    bad = run_fineweb("--stats-only", "--local-files", tmp_path / "c.txt", "--compare-vocab", "100")
+    assert bad.returncode == 2 and "at least 257" in bad.stderr
