@@ -1,4 +1,5 @@
 import copy
+import json
 import os
 import re
 import subprocess
@@ -229,3 +230,37 @@ def test_memory_model_table_for_gpt2_xl_on_eight_24_gb_gpus():
     assert ddp[-1].startswith("does not fit")
     assert fsdp[2:5] == ["0.73", "0.73", "1.45"]  # all of it over 8 ranks
     assert fsdp[-1].startswith("fits B <= ") and int(fsdp[-2]) > int(rows[("FSDP2 (fully sharded)", "off")][-2]) > 0
+
+
+# -----------------------------------------------------------------------------
+# --suite: the whole GPU path; here its smoke version, every part on CPU with tiny configs
+
+
+@pytest.mark.slow
+def test_suite_smoke_runs_every_part_and_writes_markdown_and_json(tmp_path):
+    json_path = tmp_path / "suite.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "bench.py", "--suite", "--smoke", "--json", str(json_path)], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for title in ("## throughput (tiny)", "## variants", "## fp16 + GradScaler", "## train_gpt2.py against bench.py",
+                  "## HellaSwag batching", "## generation", "## big model memory"):
+        assert title in out
+    report = json.loads(json_path.read_text())
+    assert report["smoke"] and report["device"] == "cpu" and report["torch"] == torch.__version__
+    parts = report["parts"]
+    assert all("error" not in row for row in parts["throughput"])
+    assert all("error" not in part for name, part in parts.items() if name != "throughput")
+    assert [row["batch_size"] for row in parts["throughput"]] == [2, 4]
+    assert set(parts["variants"]["ratios"]) == {"eager", "fused AdamW", "manual attention"}  # CPU: for-loop AdamW
+    assert parts["train_script"]["steps"] == 6 and parts["train_script"]["ratio"] > 0
+    assert parts["hellaswag"]["same_predictions"] and parts["generation"]["same_tokens_fraction"] == 1.0
+    assert parts["big_model"]["one_rank"]["peak_memory_mib"] > 0
+
+
+def test_suite_without_a_gpu_or_smoke_is_one_line_error():
+    result = run_bench("--suite", "--device", "cpu")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: the suite measures the GPU path: run it on a GPU, or add --smoke for the " \
+                                    "CPU version"
