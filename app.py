@@ -225,7 +225,7 @@ class Run:
         self.log_path, self.metrics_path = os.path.join(run_dir, "log.txt"), os.path.join(run_dir, "metrics.jsonl")
         self.offset, self.latest, self.samples = 0, {}, []  # metrics.jsonl: bytes read, last record of each kind
         self.log_key, self.streams = None, {}
-        self.chart_key, self.image, self.next_chart = None, None, 0.0
+        self.chart_key, self.image, self.next_chart, self.chart_version = None, None, 0.0, 0
 
     def read_metrics(self):
         if not os.path.isfile(self.metrics_path):
@@ -315,6 +315,7 @@ class Run:
             canvas = FigureCanvasAgg(fig)
             canvas.draw()
             self.image = np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+            self.chart_version += 1
         self.chart_key = self.log_key
         self.next_chart = time.monotonic() + 9 * (time.monotonic() - started)  # drawing: at most 10% of the time
         return self.image
@@ -421,12 +422,15 @@ def build_app(source, enc, device, dtype, max_new_tokens, refresh):
             print(f"app.py: stopped after {done} of {max_tokens} tokens", file=sys.stderr)
             raise
 
-    def run_page():
+    def run_page(shown):
+        """The run page's contents; the chart only when it differs from the one this page shows."""
         if not source.run_dir:
-            return None, "no run directory: start the app with `-c log/` to watch a run", ""
+            return None, "no run directory: start the app with `-c log/` to watch a run", "", None
         with run_lock:  # one Run serves every open page and the API
             status = run.status()
-            return run.chart(), format_status(status), format_samples(status)
+            image = run.chart()
+        changed = run.chart_version != shown
+        return (image if changed else gr.skip()), format_status(status), format_samples(status), run.chart_version
 
     def api_run_status() -> dict | None:
         """The run page's numbers as JSON (None without a run directory)."""
@@ -485,9 +489,10 @@ def build_app(source, enc, device, dtype, max_new_tokens, refresh):
             numbers = gr.Markdown(elem_id="run-status")
             samples = gr.Textbox(label="samples at each eval, newest first", lines=12, interactive=False,
                                  elem_id="samples")
-        page_outputs = [chart_image, numbers, samples]
-        app.load(run_page, None, page_outputs, api_visibility="private")
-        gr.Timer(refresh).tick(run_page, None, page_outputs, api_visibility="private", show_progress="hidden")
+        shown = gr.State(None)  # which drawing of the chart this page shows
+        page_outputs = [chart_image, numbers, samples, shown]
+        app.load(run_page, shown, page_outputs, api_visibility="private")
+        gr.Timer(refresh).tick(run_page, shown, page_outputs, api_visibility="private", show_progress="hidden")
     return app, theme
 
 

@@ -345,7 +345,7 @@ def wait_for(driver, condition, timeout=90):
 
 
 @pytest.mark.slow
-def test_browser_generates_text_and_shows_the_run_chart(app, proxy, tmp_path):
+def test_browser_generates_text_and_shows_the_run_chart(app, proxy, run_dir, tmp_path):
     url, shots = app["url"], tmp_path
     demo_run = os.environ.get("APP_SCREENSHOT_RUN")
     if demo_run:  # README's screenshots: the same test on a demo run
@@ -374,6 +374,10 @@ def test_browser_generates_text_and_shows_the_run_chart(app, proxy, tmp_path):
             assert "9.712345" in driver.find_element(By.CSS_SELECTOR, "#run-status").text
             assert "Hello, I'm a language model, and" in driver.find_element(
                 By.CSS_SELECTOR, "#samples textarea").get_attribute("value")
+            first_chart = chart.get_attribute("src")
+            with open(run_dir / "log.txt", "a") as f:  # training goes on: the timer redraws the chart
+                f.write("3 train 9.500000\n")
+            wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#chart img").get_attribute("src") != first_chart)
         driver.save_screenshot(str(shots / "app_run.png"))
     finally:
         driver.quit()
