@@ -98,6 +98,24 @@ def shard_model(model, device_type):
     return model
 
 
+ELEMENTWISE_OPTIMIZERS = (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD)
+
+
+def shard_optimizer(optimizer, strategy):
+    """The optimizer a strategy trains with. ZeRO-1 keeps every parameter whole on one rank, so any single
+    torch.optim optimizer works under it, one that updates whole matrices (Muon) included. FSDP2 hands the optimizer
+    1/world_size of each matrix, which only an elementwise update (AdamW, Adam, SGD) can take."""
+    name = type(optimizer).__name__
+    if strategy == "fsdp" and type(optimizer) not in ELEMENTWISE_OPTIMIZERS:
+        raise ValueError(f"--fsdp shards every matrix over the ranks, and {name} updates whole matrices: use "
+                         f"--shard-optimizer, which keeps each parameter whole on one rank")
+    if strategy != "zero":
+        return optimizer
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"--shard-optimizer shards one torch.optim optimizer, not a {name}: run without it")
+    return zero_optimizer(optimizer)
+
+
 def zero_optimizer(optimizer):
     """The same optimizer (class, parameter groups, hyperparameters) as ZeRO-1: each rank keeps the states of
     its own 1/world_size of the parameters."""

@@ -589,14 +589,13 @@ def main(argv=None):
         raw_model.load_state_dict(checkpoint["model"])
     if args.activation_checkpointing:
         memory.checkpoint_blocks(raw_model)
-    if strategy == "fsdp":
-        try:
+    try:  # FSDP2 may not run on this device with this torch, nor shard every optimizer
+        if strategy == "fsdp":
             memory.shard_model(raw_model, device_type)
-        except ValueError as e:  # this torch's FSDP2 cannot run on this device
-            raise FatalError(str(e)) from None
-    optimizer = raw_model.configure_optimizers(args.weight_decay, args.max_lr, device_type)
-    if strategy == "zero":
-        optimizer = memory.zero_optimizer(optimizer)
+        optimizer = raw_model.configure_optimizers(args.weight_decay, args.max_lr, device_type)
+        optimizer = memory.shard_optimizer(optimizer, strategy)
+    except ValueError as e:
+        raise FatalError(str(e)) from None
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
     if probe_batch:
         B = memory.auto_micro_batch(raw_model, optimizer, strategy, args, config, world_size, device, autocast, master)

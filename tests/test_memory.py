@@ -105,6 +105,18 @@ def test_fsdp_where_this_torch_cannot_run_it_is_a_clear_error(monkeypatch):
         memory.shard_model(GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=1, n_embd=8)), "cpu")
 
 
+def test_fsdp_refuses_an_optimizer_that_updates_whole_matrices():
+    class Muon(torch.optim.SGD):  # stands in for an optimizer that orthogonalizes each matrix
+        pass
+    params = [torch.nn.Parameter(torch.ones(2, 2))]
+    with pytest.raises(ValueError, match="^--fsdp shards every matrix over the ranks, and Muon updates whole"):
+        memory.shard_optimizer(Muon(params, lr=0.1), "fsdp")
+    adamw = torch.optim.AdamW(params)
+    assert memory.shard_optimizer(adamw, "fsdp") is adamw and memory.shard_optimizer(adamw, "ddp") is adamw
+    with pytest.raises(ValueError, match="^--shard-optimizer shards one torch.optim optimizer, not a list"):
+        memory.shard_optimizer([adamw, adamw], "zero")
+
+
 def test_fsdp_and_shard_optimizer_together_is_one_line_error(tmp_path, data_dir):
     result = run(["--data-dir", data_dir, "--log-dir", str(tmp_path), "--fsdp", "--shard-optimizer"] + TINY,
                  expect_rc=2)
