@@ -424,18 +424,27 @@ def test_a_run_directory_that_training_has_not_made_yet_is_watched(tmp_path):
 
 
 
-def test_a_pruned_model_generates_what_sample_py_prints(tmp_path, capsys):
-    """Any config a checkpoint holds (here per-layer head counts, as heads.py writes them) goes through
-    GPT.from_checkpoint and model.config, in the app as in sample.py."""
+# architectures away from GPT-2's: every one of these fields that GPTConfig has (the --arch fields arrive with
+# issue 12; per-layer head counts are heads.py's pruned models)
+ARCH = dict(norm="rmsnorm", norm_position="pre", pos_emb="rope", mlp="swiglu", bias=False, qk_norm=True,
+            tie_head=False)
+ARCH_FIELDS = {field.name for field in dataclasses.fields(GPTConfig)}
+
+
+@pytest.mark.parametrize("overrides", [dict(layer_heads=[2, 1]),
+                                       {k: v for k, v in ARCH.items() if k in ARCH_FIELDS}], ids=["pruned", "arch"])
+def test_other_architectures_generate_what_sample_py_prints(tmp_path, capsys, overrides):
+    """Any config a checkpoint holds goes through GPT.from_checkpoint and model.config, in the app as in sample.py."""
     import app
     from fineweb import get_tokenizer
     torch.manual_seed(0)
-    config = GPTConfig(**TINY, layer_heads=[2, 1])
+    config = GPTConfig(**TINY, **overrides)
     path = tmp_path / "model_00005.pt"
     torch.save({"model": GPT(config).state_dict(), "config": dataclasses.asdict(config), "step": 5}, path)
     source = app.ModelSource(str(tmp_path), device="cpu")
     model = source.get("model_00005.pt")
-    assert "layer_heads=[2, 1]" in app.describe(model, "model_00005.pt")
+    described = app.describe(model, "model_00005.pt")
+    assert all(f"{k}={v}" in described for k, v in overrides.items() if v != getattr(GPTConfig(), k))
     *_, (text, stats) = app.generate_stream(model, get_tokenizer(), "Once upon a time", 25, 0.9, 20, 1.0, 11, 2,
                                             "cpu", "fp32")
     sample.main(["-c", str(path), "--prompt", "Once upon a time", "--max-new-tokens", "25", "--temperature", "0.9",
