@@ -601,7 +601,7 @@ def main(argv=None):
         B = memory.auto_micro_batch(raw_model, optimizer, strategy, args, config, world_size, device, autocast, master)
         args.batch_size = train_loader.B = val_loader.B = B
         grad_accum_steps = args.total_batch_size // (B * T * world_size)
-        val_batches = min(args.val_tokens // T, val_loader.windows_per_epoch) // B
+        val_batches = max(1, min(args.val_tokens // T, val_loader.windows_per_epoch) // B)
 
     # resume the whole training state
     start_step, recent_losses, bad_streak, resumed_evals_done = 0, deque(maxlen=SPIKE_WINDOW), 0, False
