@@ -378,16 +378,18 @@ def plot_importance(importance, ablation, path):
                                  ("importance |dL/dmask| (normalised per layer)", "ablation: loss increase")):
         image = ax.imshow(values, cmap="magma", aspect="auto")
         ax.set_title(title, fontsize=10), ax.set_xlabel("head"), ax.set_ylabel("layer")
+        ax.set_xticks(range(values.shape[1])), ax.set_yticks(range(values.shape[0]))
         if values.size <= 256:
             for (layer, head), value in np.ndenumerate(values):
                 if not np.isnan(value):
-                    ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=7, color="grey")
+                    ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=8, color="tab:cyan")
         fig.colorbar(image, ax=ax)
     fig.savefig(path, dpi=80)
 
 
 def plot_pruning(pruning, path, title):
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     percent = [100 * f for f in pruning["fractions"]]
@@ -397,10 +399,17 @@ def plot_pruning(pruning, path, title):
             ax.plot(percent, [100 * c for c in pruning[name]["perplexity_change"]], color=color, marker=marker,
                     label=f"{name} order")
     mean, std = (np.array(pruning["random"][key]) * 100 for key in ("perplexity_change_mean", "perplexity_change_std"))
-    ax.plot(percent, mean, color="grey", marker=".", label=f"random order (mean ± std, {len(pruning['random']['draws'])} draws)")
-    ax.fill_between(percent, mean - std, mean + std, color="grey", alpha=0.25)
+    draws = pruning["random"]["draws"]
+    ax.plot(percent, mean, color="grey", marker=".", label=f"random order (mean ± std, {len(draws)} draws; thin: each)")
+    ax.fill_between(percent, mean - std, mean + std, color="grey", alpha=0.2)
+    for draw in draws:
+        ax.plot(percent, [100 * c for c in draw["perplexity_change"]], color="grey", linewidth=0.6, alpha=0.7)
     ax.axhline(100 * PERPLEXITY_LIMIT, color="red", linestyle="--", linewidth=1, label="+5% perplexity")
-    ax.set_yscale("symlog", linthresh=10)
+    ax.set_yscale("symlog", linthresh=10, linscale=2)  # linear to ±10%, logarithmic beyond
+    low, high = ax.get_ylim()
+    ax.set_yticks([t for t in (-100, -50, -20, -10, -5, 0, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+                   if low <= t <= high])
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:+g}%" if value else "0"))
     ax.set_xlabel("heads pruned (%)"), ax.set_ylabel("val perplexity change (%)"), ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3), ax.legend(fontsize=8)
     fig.savefig(path, dpi=80)
@@ -533,19 +542,20 @@ def run_study(args):
         "pruning": pruning, "crossing": crossings, "pruned_checkpoint": pruned_checkpoint,
     }
     assert set(results) == set(RESULT_KEYS)
-    arrays = {"similarity": similarity, "importance": torch.where(present, importance, float("nan")),
-              "ablation": ablation_increase}
-    return results, arrays, out
+    return results, out
 
 
-def write_outputs(results, arrays, out):
+def write_outputs(results, out):
+    """results.json and the three pictures, drawn from it alone."""
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json.tmp"), "w") as f:
         json.dump(results, f, indent=1)
     os.replace(os.path.join(out, "results.json.tmp"), os.path.join(out, "results.json"))
-    sim = {kind: {which: v.numpy() for which, v in per.items()} for kind, per in arrays["similarity"].items()}
-    plot_similarity(sim, os.path.join(out, "similarity.png"), results["run"]["threshold"])
-    plot_importance(arrays["importance"].numpy(), arrays["ablation"].numpy(), os.path.join(out, "importance.png"))
+    array = lambda nested: np.array(nested, dtype=float)  # noqa: E731  (null -> nan)
+    similarity = {kind: {which: array(v) for which, v in per.items()} for kind, per in results["similarity"].items()}
+    plot_similarity(similarity, os.path.join(out, "similarity.png"), results["run"]["threshold"])
+    plot_importance(array(results["importance"]["normalised"]), array(results["ablation"]["loss_increase"]),
+                    os.path.join(out, "importance.png"))
     name = os.path.basename(results["source"].rstrip("/"))
     plot_pruning(results["pruning"], os.path.join(out, "pruning.png"),
                  f"pruning {name}: {results['data']['tokens']:,} val tokens, loss {results['loss']['loss']:.3f}")
@@ -637,8 +647,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    results, arrays, out = run_study(args)
-    write_outputs(results, arrays, out)
+    results, out = run_study(args)
+    write_outputs(results, out)
     print_summary(results, out)
     return results
 
