@@ -615,3 +615,22 @@ def test_vocab_comparison_trains_real_bpe_tokenizers(tmp_path):
     assert "byte-level BPE trained on these documents" in result.stdout
     bad = run_fineweb("--stats-only", "--local-files", tmp_path / "c.txt", "--compare-vocab", "100")
     assert bad.returncode == 2 and "at least 257" in bad.stderr
+
+
+def test_shard_readers_read_npy_and_llmc_bin_shards(tmp_path):
+    tokens = np.arange(1000, dtype=np.uint16)
+    np.save(tmp_path / "edufineweb_val_000000.npy", tokens)
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = [fineweb.BIN_MAGIC, fineweb.BIN_VERSION, 500]
+    with open(tmp_path / "fineweb_val_000001.bin", "wb") as f:
+        f.write(header.tobytes() + tokens[:500].tobytes())
+    paths = fineweb.list_shards(str(tmp_path), "val")
+    assert [os.path.basename(p) for p in paths] == ["edufineweb_val_000000.npy", "fineweb_val_000001.bin"]
+    assert np.array_equal(fineweb.open_shard(paths[0]), tokens)
+    assert np.array_equal(fineweb.open_shard(paths[1]), tokens[:500])
+    with open(tmp_path / "fineweb_val_000001.bin", "r+b") as f:
+        f.truncate(1024 + 100)
+    with pytest.raises(ValueError, match="truncated"):
+        fineweb.open_shard(paths[1])
+    with pytest.raises(FileNotFoundError, match="no train shards"):
+        fineweb.list_shards(str(tmp_path), "train")

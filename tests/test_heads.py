@@ -249,3 +249,15 @@ def test_cli_writes_documented_results_and_a_pruned_checkpoint_that_loads_everyw
 def test_cli_errors_are_one_line(tmp_path):
     result = run("heads.py", "-c", str(tmp_path / "nothing"), "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_windows_from_val_shards_and_from_a_text_file(tmp_path):
+    data = write_shards(tmp_path / "shards", n_tokens=1000)
+    windows, shards = heads.val_windows(data, 200, 64)
+    tokens = np.load(os.path.join(data, "edufineweb_val_000000.npy"))
+    assert windows.shape == (4, 65) and shards == ["edufineweb_val_000000.npy"]  # ceil(200 / 64) windows
+    assert np.array_equal(windows[1].numpy(), tokens[64:129])  # stride 64, as train_gpt2.py's val loss reads
+    assert heads.val_windows(data, 10**6, 64)[0].shape == (15, 65)  # all the shard holds
+    (tmp_path / "t.txt").write_text("hello world, " * 100)
+    windows, _ = heads.text_windows(str(tmp_path / "t.txt"), 64, 32)
+    assert windows.shape == (2, 33)
