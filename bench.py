@@ -259,15 +259,18 @@ def make_train_step(args, compile=None, fused=None, attention="flash", batches=N
     # The body of train_gpt2.py's loop, line for line, less what a single process on random tokens does not
     # need: DDP (no_sync on all but the last micro-step, the all-reduce of the loss), the lr schedule (a
     # constant), the spike test and the log line. Keep the two in step when either changes.
+    loss_chunk = max(1, 2**26 // args.config.vocab_size) if device_type == "cuda" else 0  # as train_gpt2.py
+    prefetched = [to_device(batches.next_batch(), device)]
+
     def step():
-        batch = to_device(batches.next_batch(), device)
+        batch = prefetched.pop()
         loss_accum = torch.zeros((), device=device)
         for micro_step in range(grad_accum_steps):
             x, y = batch
-            if micro_step + 1 < grad_accum_steps:  # prefetch: host work and copy overlap the queued GPU work
-                batch = to_device(batches.next_batch(), device)
+            # prefetch the next micro-batch, the next step's first one too: host work and copy overlap the GPU work
+            batch = to_device(batches.next_batch(), device)
             with autocast:
-                _, loss = model(x, y)
+                loss = model(x, y, loss_chunk=loss_chunk)[1]
             loss = loss / grad_accum_steps  # the gradients sum over micro-steps: make that their mean
             loss_accum += loss.detach()  # stays on the device: no host sync inside the micro-steps
             (scaler.scale(loss) if scaler else loss).backward()
@@ -284,8 +287,9 @@ def make_train_step(args, compile=None, fused=None, attention="flash", batches=N
         if scaler:
             scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        prefetched.append(batch)
         if device_type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize()  # each step timed on its own (train_gpt2.py does not sync here)
         return train_loss, norm
 
     return step, raw_model, optimizer

@@ -183,12 +183,14 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx, targets=None, kv_cache=None, last_only=False, head_mask=None, head_positions=None):
+    def forward(self, idx, targets=None, kv_cache=None, last_only=False, head_mask=None, head_positions=None,
+                loss_chunk=0):
         """idx (B, T) token ids -> (logits, loss). loss is the mean cross-entropy when targets are given
         (positions with target -1 are ignored). last_only computes the head for the final position only;
         head_positions, a (B, T) bool mask, only at those positions: logits (K, vocab) in row-major order.
         head_mask: None, or (n_layer, n_head) factors on each head's output (layer l uses its first
-        layer_heads[l] columns); 0 removes a head, and its gradient is the head's importance (heads.py)."""
+        layer_heads[l] columns); 0 removes a head, and its gradient is the head's importance (heads.py).
+        loss_chunk > 0 (with targets): logits None, the loss from chunked_cross_entropy in rows of that many."""
         B, T = idx.size()
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
@@ -204,6 +206,9 @@ class GPT(nn.Module):
             x = x[:, -1:, :]
         elif head_positions is not None and targets is None:
             x = x[head_positions]  # scoring reads a few positions: the head is most of a small model's cost
+        if targets is not None and loss_chunk:  # training: the loss and its gradients, never the whole logits
+            return None, chunked_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.view(-1),
+                                               loss_chunk)
         logits = self.lm_head(x)
         loss = None if targets is None else F.cross_entropy(
             logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
@@ -281,6 +286,49 @@ class GPT(nn.Module):
         model = cls(config)
         model.load_state_dict(hf_to_our_state_dict(read_hf_weights(directory), model.state_dict()))
         return model
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """cross_entropy(h @ weight.T, targets) without the (N, vocab) logits: the head runs `rows` positions at a
+    time, and the gradients are computed in that same pass (softmax - one-hot, times h or weight), so nothing
+    vocab-wide is kept for backward, which only scales them by the incoming gradient. The loss is the same
+    reduction of the same per-position log-probs as F.cross_entropy (mean over targets != -1)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, rows):
+        need_h, need_weight = ctx.needs_input_grad[:2]
+        n_targets = (targets != -1).sum()
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        picked = []
+        for start in range(0, h.size(0), rows):
+            h_rows, t_rows = h[start:start + rows], targets[start:start + rows]
+            logits = F.linear(h_rows, weight)  # under autocast, in its dtype, as lm_head would be
+            logprobs = F.log_softmax(logits.float(), dim=-1)
+            picked.append(logprobs.gather(1, t_rows.clamp(min=0)[:, None]))
+            if need_h or need_weight:
+                grad_logits = logprobs.exp_()  # softmax, in place
+                grad_logits[torch.arange(len(t_rows), device=h.device), t_rows.clamp(min=0)] -= 1
+                grad_logits[t_rows == -1] = 0
+                grad_logits = (grad_logits / n_targets).to(logits.dtype)
+                if need_h:
+                    grad_h[start:start + rows] = grad_logits @ weight.to(logits.dtype)
+                if need_weight:
+                    grad_weight += (grad_logits.t() @ h_rows.to(logits.dtype)).float()
+        ctx.save_for_backward(grad_h, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return F.nll_loss(torch.cat(picked), torch.where(targets == -1, -1, 0), ignore_index=-1)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_weight = ctx.saved_tensors
+        return (None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype),
+                None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype), None, None)
+
+
+@torch.compiler.disable  # a loop over chunks and a hand-written backward: eager, outside any compiled graph
+def chunked_cross_entropy(h, weight, targets, rows):
+    return ChunkedCrossEntropy.apply(h, weight, targets, rows)
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

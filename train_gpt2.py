@@ -229,9 +229,10 @@ class ShardLoader:
     file). shuffle=True (train): a seeded permutation of the shards per epoch and of each shard's windows.
     shuffle=False (val): the shards and their windows in order."""
 
-    def __init__(self, data_dir, split, batch_size, seq_len, rank=0, world_size=1, seed=0, shuffle=False):
+    def __init__(self, data_dir, split, batch_size, seq_len, rank=0, world_size=1, seed=0, shuffle=False,
+                 vocab_size=None):
         self.B, self.T, self.rank, self.world_size = batch_size, seq_len, rank, world_size
-        self.seed, self.shuffle = seed, shuffle
+        self.seed, self.shuffle, self.vocab_size, self.checked = seed, shuffle, vocab_size, set()
         self.paths = list_shards(data_dir, split)
         self.shards = [open_shard(path) for path in self.paths]
         self.counts = [max(0, len(tokens) - 1) // seq_len for tokens in self.shards]  # a 0 never gets a slot
@@ -266,7 +267,19 @@ class ShardLoader:
         shard, w = int(order[slot]), i - int(starts[slot])
         if self.shuffle:
             w = int(self._window_order(epoch, shard)[w])
+        if shard not in self.checked:
+            self.check_ids(shard)
         return self.shards[shard][w * self.T: w * self.T + self.T + 1]
+
+    def check_ids(self, shard):
+        """Once per shard, when first read (one pass over it): an id >= vocab_size would be a device-side assert
+        in the embedding on CUDA, far from its cause."""
+        largest = int(self.shards[shard].max(initial=0))
+        if self.vocab_size is not None and largest >= self.vocab_size:
+            raise FatalError(f"{self.paths[shard]} holds token id {largest}, which --vocab-size {self.vocab_size} "
+                             f"cannot embed: it was tokenized for a larger vocabulary; raise --vocab-size or "
+                             f"re-create the shard")
+        self.checked.add(shard)
 
     def batch(self, first):
         """B consecutive windows of the stream from `first`, as a (B, T+1) int64 tensor on the host."""
@@ -343,7 +356,7 @@ def evaluate_val(model, loader, n_batches, device, autocast, rank, world_size, l
     for i in range(rank, end, world_size):
         x, y = to_device(loader.batch(i * loader.B if i < n_batches else 0), device)
         with autocast:
-            _, loss = model(x, y)
+            loss = model(x, y)[1]  # the logits are not kept into the next batch
         if i < n_batches:
             total += torch.stack([loss.to(acc_dtype), torch.ones((), dtype=acc_dtype, device=device)])
     if world_size > 1:
@@ -469,9 +482,10 @@ def set_rng_state(state, device_type):
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def append_log(path, line):
-    with open(path, "a") as f:
-        f.write(line + "\n")
+def format_duration(seconds):
+    """3723.4 -> '1:02:03'."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def write_metrics(file, step, kind, **fields):
@@ -558,8 +572,9 @@ def main(argv=None):
     windows_per_step = args.total_batch_size // T
 
     # data and the checkpoint to resume from are checked first, so that they fail before the process group forms
-    train_loader = ShardLoader(args.data_dir, "train", B, T, rank, world_size, args.seed, shuffle=True)
-    val_loader = ShardLoader(args.data_dir, "val", B, T)
+    train_loader = ShardLoader(args.data_dir, "train", B, T, rank, world_size, args.seed, shuffle=True,
+                               vocab_size=args.vocab_size)
+    val_loader = ShardLoader(args.data_dir, "val", B, T, vocab_size=args.vocab_size)
     if train_loader.windows_per_epoch < windows_per_step:
         raise FatalError(f"the train shards hold {train_loader.windows_per_epoch * T} tokens, fewer than one step "
                          f"of --total-batch-size {args.total_batch_size}")
@@ -605,7 +620,7 @@ def main(argv=None):
 
     # resume the whole training state
     start_step, recent_losses, bad_streak, resumed_evals_done = 0, deque(maxlen=SPIKE_WINDOW), 0, False
-    wandb_run_id = None
+    wandb_run_id, elapsed_before = None, 0.0
     if checkpoint:
         memory.load_optimizer_state(raw_model, optimizer, checkpoint["optimizer"], strategy)
         if scaler is not None and checkpoint.get("grad_scaler"):
@@ -615,7 +630,7 @@ def main(argv=None):
         start_step, bad_streak = checkpoint["step"], checkpoint["bad_steps"]
         recent_losses.extend(checkpoint["recent_losses"])
         resumed_evals_done = checkpoint["evals_done"]
-        wandb_run_id = checkpoint.get("wandb_run_id")
+        wandb_run_id, elapsed_before = checkpoint.get("wandb_run_id"), checkpoint.get("elapsed_s", 0.0)
         del checkpoint  # its copy of the weights and optimizer state is not needed any more
     if ddp:  # a rank that found no checkpoint would start over alone: all nodes must share the log dir
         steps = torch.tensor([start_step, -start_step], device=device)
@@ -630,12 +645,12 @@ def main(argv=None):
         for name in os.listdir(args.log_dir):
             if re.fullmatch(r"model_\d+\.pt\.tmp", name):  # left by a run killed mid-write
                 os.remove(os.path.join(args.log_dir, name))
-        if not resume_path:
-            open(log_file, "w").close()  # a fresh run starts a fresh log; a resumed one appends
     # metrics.jsonl: what the step line prints, the evals and the samples, as JSON (rank 0; line-buffered, so
     # each record is on disk as soon as it is written)
     metrics_file = open(os.path.join(args.log_dir, "metrics.jsonl"), "a" if resume_path else "w",
                         buffering=1, encoding="utf-8") if master else None
+    # log.txt too stays open, line-buffered: a fresh run starts a fresh log, a resumed one appends
+    log_txt = open(log_file, "a" if resume_path else "w", buffering=1) if master else None
     wandb_run = start_wandb(args, config, wandb_run_id) if master and args.wandb else None
     wandb_run_id = wandb_run.id if wandb_run else wandb_run_id  # kept in every checkpoint, even without --wandb
 
@@ -657,6 +672,10 @@ def main(argv=None):
     if master and not vocab_ok and (args.hellaswag_every or args.sample_every):
         print(f"warning: vocab {config.vocab_size} cannot hold GPT-2 tokens: no HellaSwag, no samples", file=sys.stderr)
     flops_per_tok = flops_per_token(config, T)
+    # on CUDA the training loss is computed in chunks of ~256 MiB of fp32 logits, with no (B*T, vocab) tensor (eager
+    # cross-entropy holds three fp32 copies, ~37 GiB at B=64, T=1024); on CPU the plain one, whose losses are
+    # bit-identical to earlier runs (the chunked loss equals it, its gradients to float rounding: tests/test_model.py)
+    loss_chunk = max(1, 2**26 // config.vocab_size) if device_type == "cuda" else 0
     device_name = torch.cuda.get_device_name(device) if device_type == "cuda" else device_type
 
     if master:
@@ -686,9 +705,11 @@ def main(argv=None):
         path = os.path.join(args.log_dir, f"model_{step:05d}.pt")
         save_checkpoint(path, dict(
             model=model_state, config=dataclasses.asdict(config), step=step, val_loss=val_loss,
-            optimizer=optimizer_state, loader=train_loader.state_dict(), rng=states,
-            grad_scaler=scaler.state_dict() if scaler else None, args=vars(args), evals_done=evals_done,
-            recent_losses=list(recent_losses), bad_steps=bad_streak, wandb_run_id=wandb_run_id),
+            optimizer=optimizer_state, loader=dict(train_loader.state_dict(), position=train_loader.position - (
+                B * world_size if batch is not None else 0)),  # the prefetched micro-batch is read again on resume
+            rng=states, grad_scaler=scaler.state_dict() if scaler else None, args=vars(args), evals_done=evals_done,
+            recent_losses=list(recent_losses), bad_steps=bad_streak, wandb_run_id=wandb_run_id,
+            elapsed_s=elapsed_before + time.time() - loop_start),
             hooks["checkpoint_sleep"])
         if args.keep_checkpoints:
             for _, old in find_checkpoints(args.log_dir)[:-args.keep_checkpoints]:
@@ -709,6 +730,9 @@ def main(argv=None):
 
     # -------------------------------------------------------------------------
     # the loop: at the top of iteration `step`, the weights have had `step` updates
+    batch = None  # the prefetched micro-batch (B windows the loader has dealt but no step has used yet)
+    step_times, steps_run, step_seconds = deque(maxlen=50), 0, 0.0  # for the ETA: recent steps, and all of them
+    loop_start = time.time()
     for step in range(start_step, args.max_steps + 1):
         val_loss = None
         if step > start_step or not resumed_evals_done:  # a resumed checkpoint's step was evaluated before it was saved
@@ -717,7 +741,7 @@ def main(argv=None):
                                         lockstep=everyone)
                 if master:
                     print(f"step {step:5d} | val loss {val_loss:.4f}")
-                    append_log(log_file, f"{step} val {val_loss:.4f}")
+                    log_txt.write(f"{step} val {val_loss:.4f}" + "\n")
                     write_metrics(metrics_file, step, "val", loss=val_loss)
                     log_wandb(wandb_run, step, {"val/loss": val_loss})
             if hellaswag_examples and due(args.hellaswag_every, step, args.max_steps):
@@ -729,7 +753,7 @@ def main(argv=None):
                     print(f"step {step:5d} | hellaswag acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} "
                           f"harness acc {result['harness_acc']:.4f} acc_norm {result['harness_acc_norm']:.4f} "
                           f"(n={result['n']})")
-                    append_log(log_file, f"{step} hella {result['acc_norm']:.4f}")
+                    log_txt.write(f"{step} hella {result['acc_norm']:.4f}" + "\n")
                     write_metrics(metrics_file, step, "hellaswag", **{k: result[k] for k in (
                         "acc", "acc_norm", "harness_acc", "harness_acc_norm", "n")})
                     log_wandb(wandb_run, step, {f"hellaswag/{k}": result[k] for k in (
@@ -747,17 +771,20 @@ def main(argv=None):
         t0 = time.time()
         if hooks["kill_at"] == (rank, step):
             os.kill(os.getpid(), signal.SIGKILL)
-        batch = to_device(train_loader.next_batch(), device)
+        if batch is None:
+            batch = to_device(train_loader.next_batch(), device)
         loss_accum = torch.zeros((), device=device)
         for micro_step in range(grad_accum_steps):
             x, y = batch
-            if micro_step + 1 < grad_accum_steps:  # prefetch: host work and copy overlap the queued GPU work
-                batch = to_device(train_loader.next_batch(), device)
+            # prefetch the next micro-batch, the next step's first one too: host work and copy overlap the queued
+            # GPU work, also with one micro-step per step (8 GPUs). A checkpoint counts it as not yet read.
+            last = micro_step + 1 == grad_accum_steps and step + 1 == args.max_steps
+            batch = None if last else to_device(train_loader.next_batch(), device)
             last_micro_step = micro_step == grad_accum_steps - 1
             # DDP all-reduces gradients during backward: only on the last micro-step, once they are complete
             with memory.no_grad_sync(model) if ddp and not last_micro_step else contextlib.nullcontext():
                 with autocast:
-                    _, loss = model(x, y)
+                    loss = model(x, y, loss_chunk=loss_chunk)[1]  # the logits are not kept (or, chunked, not made)
                 if step in hooks["loss_factor"]:
                     loss = loss * hooks["loss_factor"][step]
                 loss = loss / grad_accum_steps  # the gradients sum over micro-steps: make that their mean
@@ -789,24 +816,29 @@ def main(argv=None):
         if step == start_step:  # the training states all exist now: what each rank holds
             memory.report_memory(raw_model, optimizer, device, world_size, master)
         optimizer.zero_grad(set_to_none=True)
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.time() - t0
+        dt = time.time() - t0  # no device sync just to time it: the next step's loss read waits for this one
+        step_times.append(dt)
+        steps_run, step_seconds = steps_run + 1, step_seconds + dt
+        elapsed = elapsed_before + time.time() - loop_start
+        # remaining steps at the recent median step time, plus the evals' and checkpoints' share of the time so far
+        eta = (args.max_steps - step - 1) * (statistics.median(step_times) + (elapsed - elapsed_before - step_seconds)
+                                            / steps_run)
 
         if master:
             tokens_per_sec = args.total_batch_size / dt
             mfu = estimate_mfu(tokens_per_sec / world_size, flops_per_tok, device_name)
             print(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | "
-                  f"tok/s {tokens_per_sec:.0f} | mfu {format_mfu(mfu)}")
+                  f"tok/s {tokens_per_sec:.0f} | mfu {format_mfu(mfu)} | elapsed {format_duration(elapsed)} | "
+                  f"eta {format_duration(eta)}")
             if bad:
                 reason = "not finite" if not_finite else "a spike"
                 print(f"warning: step {step}: loss {train_loss}, grad norm {norm}: {reason}, update skipped "
                       f"({bad_streak} in a row)", file=sys.stderr)
-                append_log(log_file, f"{step} skip {train_loss:.6f}")
+                log_txt.write(f"{step} skip {train_loss:.6f}" + "\n")
             else:
-                append_log(log_file, f"{step} train {train_loss:.6f}")
+                log_txt.write(f"{step} train {train_loss:.6f}" + "\n")
             write_metrics(metrics_file, step, "train", loss=train_loss, lr=lr, norm=norm, dt_ms=dt * 1000,
-                          tokens_per_sec=tokens_per_sec, mfu=mfu, elapsed_s=None, eta_s=None,
+                          tokens_per_sec=tokens_per_sec, mfu=mfu, elapsed_s=round(elapsed, 3), eta_s=round(eta, 3),
                           max_steps=args.max_steps)
             log_wandb(wandb_run, step, {"train/loss": train_loss, "train/lr": lr, "train/norm": norm,
                                         "train/dt_ms": dt * 1000, "train/tokens_per_sec": tokens_per_sec,

@@ -426,3 +426,25 @@ def test_kept_attention_weights_give_the_same_output_and_are_causal():
     assert attention.shape == (2, 2, 16, 16)
     torch.testing.assert_close(attention.sum(-1), torch.ones(2, 2, 16))
     assert torch.all(attention.triu(1) == 0)
+
+
+# -----------------------------------------------------------------------------
+# the training loss without the logits
+
+@pytest.mark.parametrize("rows", [7, 64, 10000])  # several chunks (one of them short), and a single one
+def test_chunked_loss_equals_cross_entropy_and_its_gradients(rows):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=32))
+    x, y = torch.randint(0, 512, (4, 64)), torch.randint(0, 512, (4, 64))
+    y[0, :5] = -1  # ignored positions, as F.cross_entropy(ignore_index=-1)
+    logits, loss = model(x, y)
+    loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    none, chunked = model(x, y, loss_chunk=rows)
+    chunked.backward()
+    assert none is None and chunked.item() == loss.item()  # the same reduction of the same log-probs: bit-equal
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-7, msg=name)
+    with torch.no_grad():
+        assert model(x, y, loss_chunk=rows)[1].item() == loss.item()

@@ -4,6 +4,7 @@ for DDP), on a tiny model and shards this file writes. The equivalences are the 
 accumulation, resume = uninterrupted, killed/preempted/restarted = undisturbed. Runs are shared between tests
 through module-scoped fixtures, because each process start costs seconds.
 """
+import dataclasses
 import functools
 import glob
 import json
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 import train_gpt2
-from model import load_checkpoint
+from model import GPTConfig, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "train_gpt2.py")
@@ -150,6 +151,24 @@ def test_metrics_jsonl_holds_what_log_txt_and_the_step_line_hold(reference):
     assert {r["step"]: round(r["loss"], 4) for r in records if r["kind"] == "val"} == reference["log"]["val"]
 
 
+def test_step_line_and_metrics_show_elapsed_and_eta(reference):
+    times = re.findall(r"step +(\d+) \| loss .* \| elapsed (\d+):(\d\d):(\d\d) \| eta (\d+):(\d\d):(\d\d)$",
+                       reference["stdout"], re.M)
+    assert [int(t[0]) for t in times] == list(range(12))
+    assert times[-1][4:] == ("0", "00", "00")  # nothing left after the last step
+    with open(os.path.join(reference["log_dir"], "metrics.jsonl")) as f:
+        train = [r for r in map(json.loads, f) if r["kind"] == "train"]
+    elapsed = [r["elapsed_s"] for r in train]
+    assert len(train) == 12 and elapsed == sorted(elapsed) and elapsed[0] > 0
+    assert all(r["eta_s"] >= 0 for r in train) and train[-1]["eta_s"] == 0 and train[0]["eta_s"] > 0
+
+
+def test_a_token_id_beyond_the_vocab_is_a_clear_error(tmp_path, data_dir):
+    result = run(["--data-dir", data_dir, "--log-dir", str(tmp_path)] + TINY + ["--vocab-size", "60"], expect_rc=2)
+    assert re.fullmatch(r"error: \S+edufineweb_(train|val)_\d+\.npy holds token id 6\d, which --vocab-size 60 cannot "
+                        r"embed: .*\n", result.stderr)
+
+
 def test_epochs_set_the_number_of_steps(tmp_path, data_dir):
     log_dir = str(tmp_path)
     result = run(["--data-dir", data_dir, "--log-dir", log_dir] + TINY + ["--epochs", "1", "--batch-size", "8",
@@ -162,7 +181,7 @@ def test_checkpoint_contents_load_with_weights_only(reference):
     path = os.path.join(reference["log_dir"], "model_00008.pt")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     assert checkpoint["step"] == 8 and checkpoint["val_loss"] == pytest.approx(reference["log"]["val"][8], abs=1e-4)
-    assert checkpoint["config"] == dict(block_size=1024, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32)
+    assert checkpoint["config"] == dataclasses.asdict(GPTConfig(vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32))
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in checkpoint["model"])
     assert checkpoint["loader"]["position"] == 8 * 256 // 32  # 8 steps of 8 windows
     assert checkpoint["optimizer"]["state"] and checkpoint["args"]["max_steps"] == 12
