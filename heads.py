@@ -460,8 +460,10 @@ def run_study(args):
     phase("loss")
 
     # redundancy, and the same on a random model of this shape
-    torch.manual_seed(args.seed)
-    random_model = GPT(config).to(device).eval().requires_grad_(False)
+    torch.manual_seed(args.seed)  # zero-initialised output projections would make every head's output 0
+    random_config = dataclasses.replace(config, zero_init_proj=False) if getattr(config, "zero_init_proj", False) \
+        else config
+    random_model = GPT(random_config).to(device).eval().requires_grad_(False)
     similarity = {kind: {} for kind in ("attention", "output")}
     for which, m in (("trained", model), ("random", random_model)):
         for kind, values in head_similarity(m, windows[:n_sim], args.batch_size, device, dtype).items():
