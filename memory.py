@@ -362,7 +362,8 @@ def parameter_counts(config):
 
 
 def saved_activation_bytes(config, batch_size, seq_len, dtype="bf16", activation_checkpointing=False):
-    """Bytes autograd keeps for backward after one micro-batch's forward, for this repository's GPT.
+    """Bytes autograd keeps for backward after one micro-batch's forward, for this repository's GPT-2 layout (a
+    4 x n_embd GELU MLP; other model.py architectures are counted for their parameters, not their activations).
     Per block and token (C = n_embd, flash attention, no dropout): the fp32 residual stream into ln_1 and ln_2
     (2 x 4C bytes), and in the autocast dtype ln_1's output, q k v, the attention output and its contiguous copy,
     ln_2's output (7C elements), the MLP's fc and gelu outputs (8C): 8C + 15C x 2 = 38C bytes in bf16, 68C in

@@ -690,7 +690,7 @@ def main(argv=None):
         print(f"resuming from {resume_path} at step {start_step}" if resume_path else "starting from scratch")
         for note in resume_notes:
             print(f"note: resuming with {note}")
-        print(f"sharding: {memory.strategy_name(strategy)}; activation checkpointing "
+        print(f"sharding: {'none' if strategy == 'ddp' else memory.strategy_name(strategy)}; activation checkpointing "
               f"{'on' if args.activation_checkpointing else 'off'}")
 
     def write_checkpoint(step, val_loss, evals_done):
