@@ -1,12 +1,27 @@
 """
-The GPT-2 model: one module, pre-LN transformer with learned position embeddings and a tied LM head.
+The GPT model: GPT-2 by default, and the architecture variants of --arch as branches on config fields.
 
     from model import GPT, GPTConfig
-    model = GPT(GPTConfig.preset("gpt2"))            # 124M, random init
-    model = GPT.from_pretrained("gpt2")              # OpenAI weights (hub name or local HF directory)
+    model = GPT(GPTConfig.preset("gpt2"))                 # 124M GPT-2, random init
+    model = GPT(GPTConfig.preset("gpt2", arch="llama"))   # the same size with RoPE, SwiGLU, RMSNorm
+    model = GPT.from_pretrained("gpt2")                   # OpenAI weights (hub name or local HF directory)
     out = model.generate(idx, 50, temperature=0.8, top_k=50)
 
-Also here, because several scripts need them: checkpoint state-dict cleaning, training FLOPs per token and MFU.
+A reader's map of the architecture fields (defaults = GPT-2) and the --arch presets that change them
+(ARCHS below; gpt2 changes none, postln only norm_position):
+    norm            layernorm | rmsnorm          RMSNorm: llama, modern
+    norm_position   pre | post                   pre: x + f(norm(x)); post: norm(x + f(x)) (no ln_f): postln
+    pos_emb         learned | rope               rotary q/k, no wpe table: llama, modern
+    rope_base       10000.0                      RoPE's theta
+    mlp             gelu | swiglu | relu2        swiglu: llama; relu2 (ReLU squared): modern
+    mlp_hidden      0 = 4*n_embd                 llama: the width that keeps GPT-2's parameter count (swiglu_hidden)
+    bias            True                         biases in every Linear and LayerNorm; off: llama, modern
+    qk_norm         False                        RMSNorm on each head's q and k: modern
+    tie_head        True                         lm_head shares wte's weight; untied: modern
+    zero_init_proj  False                        attention and MLP output projections start at 0: modern
+
+Also here, because several scripts need them: checkpoint loading, Hugging Face weights (GPT-2 and Llama
+layouts), training FLOPs per token and MFU.
 """
 
 import dataclasses
@@ -22,6 +37,8 @@ from torch.nn import functional as F
 # a pruned layer with no heads left has empty q/k/v and output matrices; their init is a no-op, not a problem
 warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
 
+from muon import CombinedOptimizer, Muon
+
 GPT2_VOCAB_SIZE = 50257  # the real tokenizer size; training pads the embedding table to 50304 for speed
 
 # -----------------------------------------------------------------------------
@@ -36,6 +53,24 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     layer_heads: list = None  # heads per layer (pruned models, heads.py); None = n_head in every layer
+    # the architecture (see the map at the top; the defaults are GPT-2)
+    norm: str = "layernorm"
+    norm_position: str = "pre"
+    pos_emb: str = "learned"
+    rope_base: float = 10000.0
+    mlp: str = "gelu"
+    mlp_hidden: int = 0
+    bias: bool = True
+    qk_norm: bool = False
+    tie_head: bool = True
+    zero_init_proj: bool = False
+
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"RoPE rotates pairs of dimensions: the head size {self.n_embd // self.n_head} must be even")
 
     def heads_per_layer(self):
         """Each layer's head count. Head size is n_embd // n_head in every layer, whatever its count."""
@@ -48,12 +83,23 @@ class GPTConfig:
         return heads
 
     @staticmethod
-    def preset(name, **overrides):
-        """GPT-2 sizes by name; overrides (e.g. vocab_size=50304) are applied on top."""
+    def preset(name, arch="gpt2", **overrides):
+        """A GPT-2 size by name, in an --arch (ARCHS); overrides (e.g. vocab_size=50304, mlp="relu2") are applied
+        on top, and None means "not given". A SwiGLU MLP without a given mlp_hidden gets swiglu_hidden(n_embd)."""
         if name not in PRESETS:
             raise ValueError(f"unknown model '{name}': choose one of {', '.join(PRESETS)}")
-        return GPTConfig(**{**PRESETS[name], **overrides})
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch '{arch}': choose one of {', '.join(ARCHS)}")
+        fields = {**PRESETS[name], **ARCHS[arch], **{k: v for k, v in overrides.items() if v is not None}}
+        config = GPTConfig(**fields)
+        return dataclasses.replace(config, mlp_hidden=swiglu_hidden(config)) if config.mlp == "swiglu" and not \
+            config.mlp_hidden else config
 
+
+ARCH_FIELDS = ("norm", "norm_position", "pos_emb", "rope_base", "mlp", "mlp_hidden", "bias", "qk_norm", "tie_head",
+               "zero_init_proj")
+CHOICES = dict(norm=("layernorm", "rmsnorm"), norm_position=("pre", "post"), pos_emb=("learned", "rope"),
+               mlp=("gelu", "swiglu", "relu2"))
 
 PRESETS = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
@@ -61,6 +107,27 @@ PRESETS = {
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
 }
+
+ARCHS = {
+    "gpt2": {},  # today's GPT-2: every field at its default
+    "llama": dict(norm="rmsnorm", pos_emb="rope", mlp="swiglu", bias=False),  # tied head, as the seed's variant
+    "modern": dict(norm="rmsnorm", pos_emb="rope", mlp="relu2", bias=False, qk_norm=True, tie_head=False,
+                   zero_init_proj=True),  # the speedrun's choices
+    "postln": dict(norm_position="post"),  # GPT-2 with x = norm(x + f(x))
+}
+
+
+def swiglu_hidden(config):
+    """The SwiGLU width that keeps the parameter count of GPT-2 at the same size (and head tying): about
+    8/3 * n_embd, since its three matrices replace GELU's two of 4 * n_embd, plus what makes up for the position
+    table and biases it may drop. Rounded to a multiple of 64 for fast matmuls (of 8 below n_embd 256)."""
+    multiple = 64 if config.n_embd >= 256 else 8
+    gpt2 = {k: v for k, v in dataclasses.asdict(GPTConfig()).items() if k in ARCH_FIELDS and k != "tie_head"}
+    with torch.device("meta"):  # shapes only: no memory, no init
+        count = lambda **fields: GPT(dataclasses.replace(config, **fields)).num_params()
+        target, base, per_multiple = count(**gpt2), count(mlp_hidden=multiple), count(mlp_hidden=2 * multiple)
+    return max(multiple, multiple * round(1 + (target - base) / (per_multiple - base)))
+
 
 # -----------------------------------------------------------------------------
 # the network
@@ -88,6 +155,35 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight: LayerNorm without the mean and the bias. In float32, as Llama's; torch 2.4 has no
+    F.rms_norm."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def make_norm(config, dim):
+    return RMSNorm(dim) if config.norm == "rmsnorm" else nn.LayerNorm(dim, bias=config.bias)
+
+
+def apply_rope(x, start, base):
+    """Rotate queries or keys (B, nh, T, hs) by the angles of their positions start .. start+T-1. The two halves
+    of each head are the pairs (Hugging Face Llama's rotate_half layout, so its q/k weights are ours unchanged)."""
+    T, hs = x.size(-2), x.size(-1)
+    inv_freq = 1.0 / (base ** (torch.arange(0, hs, 2, dtype=torch.int64, device=x.device).float() / hs))
+    angles = torch.outer(torch.arange(start, start + T, device=x.device).float(), inv_freq)
+    cos, sin = torch.cat((angles, angles), dim=-1).cos(), torch.cat((angles, angles), dim=-1).sin()
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return (x.float() * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, n_head):
@@ -95,9 +191,13 @@ class CausalSelfAttention(nn.Module):
         assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head, self.head_size = n_head, config.n_embd // config.n_head  # n_head < config.n_head when pruned
         self.n_embd = config.n_embd
-        self.c_attn = nn.Linear(config.n_embd, 3 * n_head * self.head_size)  # q, k, v for all heads in one matmul
-        self.c_proj = nn.Linear(n_head * self.head_size, config.n_embd)
+        self.c_attn = nn.Linear(config.n_embd, 3 * n_head * self.head_size, bias=config.bias)  # q, k, v of all heads
+        self.c_proj = nn.Linear(n_head * self.head_size, config.n_embd, bias=config.bias)
         self.keep_attention = False  # heads.py sets it to get self.attention, the (B, nh, T, S) softmax weights
+        self.rope_base = config.rope_base if config.pos_emb == "rope" else None
+        if config.qk_norm:  # normalized q and k bound the attention logits (a stability fix)
+            self.q_norm, self.k_norm = RMSNorm(self.head_size), RMSNorm(self.head_size)
+        self.qk_norm = config.qk_norm
 
     def forward(self, x, kv_cache=None, layer=0, head_mask=None):
         """head_mask: None, or (n_head,) factors multiplying each head's output before c_proj (heads.py)."""
@@ -106,6 +206,11 @@ class CausalSelfAttention(nn.Module):
             return self.c_proj(x.new_zeros(B, T, 0))
         q, k, v = self.c_attn(x).split(self.n_head * self.head_size, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if self.qk_norm:
+            q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
+        if self.rope_base is not None:  # positions continue where the cache left off
+            start = kv_cache.pos if kv_cache is not None else 0
+            q, k = apply_rope(q, start, self.rope_base), apply_rope(k, start, self.rope_base)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)
         if self.keep_attention:
@@ -134,24 +239,39 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        hidden = config.mlp_hidden or 4 * config.n_embd
+        self.kind = config.mlp
+        # SwiGLU's gate and up projections are one matmul: c_fc's first `hidden` rows gate, the rest go up
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.kind == "swiglu" else hidden, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
 
     def forward(self, x):
-        return self.c_proj(self.gelu(self.c_fc(x)))
+        h = self.c_fc(x)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = self.gelu(h)
+        return self.c_proj(h)
 
 
 class Block(nn.Module):
 
     def __init__(self, config, n_head):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config, n_head)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
+        self.post_norm = config.norm_position == "post"
 
     def forward(self, x, kv_cache=None, layer=0, head_mask=None):
+        if self.post_norm:  # the original Transformer's (and BERT's): normalize the sum
+            x = self.ln_1(x + self.attn(x, kv_cache, layer, head_mask))
+            return self.ln_2(x + self.mlp(x))
         x = x + self.attn(self.ln_1(x), kv_cache, layer, head_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
@@ -164,18 +284,24 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **({"wpe": nn.Embedding(config.block_size, config.n_embd)} if config.pos_emb == "learned" else {}),
             h=nn.ModuleList([Block(config, n_head) for n_head in config.heads_per_layer()]),
-            ln_f=nn.LayerNorm(config.n_embd),
+            # Post-LN's last block already ends in a norm
+            **({"ln_f": make_norm(config, config.n_embd)} if config.norm_position == "pre" else {}),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying: one Parameter for both
+        if config.tie_head:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying: one Parameter for both
         self.apply(self._init_weights)
         # residual projections add to the stream once per sublayer, 2 per block: scale them so the
-        # residual variance does not grow with depth (GPT-2 paper)
+        # residual variance does not grow with depth (GPT-2 paper); or start them at 0, so each block
+        # begins as the identity (zero_init_proj)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 * (2 * config.n_layer) ** -0.5)
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 * (2 * config.n_layer) ** -0.5)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -195,13 +321,15 @@ class GPT(nn.Module):
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"input of length {start + T} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        x = self.transformer.wte(idx)
+        if self.config.pos_emb == "learned":  # RoPE rotates q and k inside attention instead
+            x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))
         for layer, block in enumerate(self.transformer.h):
             x = block(x, kv_cache, layer, None if head_mask is None else head_mask[layer, :block.attn.n_head])
         if kv_cache is not None:
             kv_cache.pos += T
-        x = self.transformer.ln_f(x)
+        if self.config.norm_position == "pre":
+            x = self.transformer.ln_f(x)
         if last_only and targets is None:
             x = x[:, -1:, :]
         elif head_positions is not None and targets is None:
@@ -215,23 +343,33 @@ class GPT(nn.Module):
         return logits, loss
 
     def num_params(self, exclude_pos=False):
-        n = sum(p.numel() for p in self.parameters())  # the tied weight is counted once
-        return n - self.transformer.wpe.weight.numel() if exclude_pos else n
+        n = sum(p.numel() for p in self.parameters())  # a tied weight is counted once
+        return n - self.transformer.wpe.weight.numel() if exclude_pos and "wpe" in self.transformer else n
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Accepts state dicts saved from torch.compile'd or DDP-wrapped models too."""
         return super().load_state_dict(clean_state_dict(state_dict), strict=strict, assign=assign)
 
-    def configure_optimizers(self, weight_decay, learning_rate, device_type, fused=None):
-        """AdamW with decay on matrices and embeddings (>= 2-D) only; biases and LayerNorm gains are not decayed."""
-        params = [p for p in self.parameters() if p.requires_grad]
+    def configure_optimizers(self, weight_decay, learning_rate, device_type, fused=None, optimizer="adamw"):
+        """AdamW with decay on matrices and embeddings (>= 2-D) only; biases and norm gains are not decayed.
+        optimizer="muon": Muon (muon.py) takes the 2-D matrices inside the blocks, AdamW the embeddings, the head
+        and the 1-D parameters; both at the same learning rate and decay (Muon scales its update to AdamW's RMS)."""
+        if optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be adamw or muon, got {optimizer!r}")
+        hidden = [p for name, p in self.named_parameters()
+                  if optimizer == "muon" and p.requires_grad and p.dim() == 2 and name.startswith("transformer.h.")]
+        params = [p for p in self.parameters() if p.requires_grad and all(p is not h for h in hidden)]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         if fused is None:
             fused = device_type == "cuda"  # the fused kernel is one launch per step instead of one per tensor
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+        adamw = torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, betas=(0.9, 0.95), eps=1e-8,
+                                  fused=fused)
+        if optimizer == "adamw":
+            return adamw
+        return CombinedOptimizer([Muon(hidden, lr=learning_rate, weight_decay=weight_decay), adamw])
 
     # -------------------------------------------------------------------------
     # generation
@@ -245,8 +383,10 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
         """Yield each new token (B, 1) as soon as it is sampled, for streaming; generate() collects them.
-        Uses a KV cache while the sequence fits in block_size; past that, each step re-runs the last
-        block_size tokens (learned positions cannot slide), exactly as a cropped full recompute would."""
+        Uses a KV cache while the sequence fits in block_size; past that, the window slides one token per step
+        and is re-run at positions 0..block_size-1, exactly as a cropped full recompute, for every arch. (With
+        RoPE, rolling the cache would be cheaper, but not the same: the deeper layers' cached keys carry the
+        context of the tokens that left the window, and the model never trained on such keys.)"""
         block_size = self.config.block_size
         kv_cache = KVCache(self.config, min(block_size, idx.size(1) + max_new_tokens))
         logits, _ = self(idx[:, -block_size:], kv_cache=kv_cache, last_only=True)
@@ -263,24 +403,29 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu", checkpoint=None):
-        """A model from one of train_gpt2.py's checkpoints (log/model_XXXXX.pt), or build-nanogpt's or nanoGPT's
-        (nanoGPT's with bias=True, as GPT-2 has). `checkpoint`: the file at `path`, if already read."""
+        """A model from one of train_gpt2.py's checkpoints (log/model_XXXXX.pt), or build-nanogpt's or nanoGPT's.
+        `checkpoint`: the file at `path`, if already read."""
         checkpoint = checkpoint or load_checkpoint(path)
         model = cls(checkpoint_config(checkpoint))
         state = {k: v for k, v in clean_state_dict(checkpoint["model"]).items() if not k.endswith(".attn.bias")}
         if set(state) != set(model.state_dict()):
             differ = sorted(set(state) ^ set(model.state_dict()))
-            raise ValueError(f"{path} does not hold a GPT-2 model: these weights differ from one: {differ[:5]}")
+            raise ValueError(f"{path} does not hold the model its config describes: these weights differ: {differ[:5]}")
         model.load_state_dict(state)
         return model.to(device)
 
     @classmethod
     def from_pretrained(cls, name_or_path):
-        """OpenAI GPT-2 in Hugging Face format: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local
-        directory with config.json and model.safetensors or pytorch_model.bin."""
+        """Hugging Face weights: OpenAI GPT-2 (a hub name: gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a local
+        directory), or a local LlamaForCausalLM directory of the shape --arch llama has (what export_hf.py
+        writes); config.json and model.safetensors or pytorch_model.bin."""
         directory = name_or_path if os.path.isdir(name_or_path) else download_hf_model(name_or_path)
         with open(os.path.join(directory, "config.json")) as f:
             hf_config = json.load(f)
+        if hf_config.get("model_type") == "llama":
+            model = cls(llama_config(hf_config))
+            model.load_state_dict(llama_to_our_state_dict(read_hf_weights(directory), model.state_dict()))
+            return model
         config = GPTConfig(block_size=hf_config["n_positions"], vocab_size=hf_config["vocab_size"],
                            n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"])
         model = cls(config)
@@ -375,16 +520,14 @@ torch.serialization.add_safe_globals([PeerGPTConfig])
 
 def checkpoint_config(checkpoint):
     """GPTConfig from our checkpoints ('config' dict), build-nanogpt's ('config' object) or nanoGPT's
-    ('model_args' dict)."""
+    ('model_args' dict; its bias=False drops the biases of Linears and LayerNorms, as ours does). A field missing
+    from an older checkpoint takes GPT-2's value; keys GPTConfig does not know (nanoGPT's dropout) are ignored."""
     config = checkpoint.get("model_args") or checkpoint["config"]
     config = vars(config) if isinstance(config, PeerGPTConfig) else config
-    if config.get("bias") is False:
-        raise ValueError("this nanoGPT checkpoint was trained with bias=False; GPT-2 has biases in every Linear")
-    sizes = ["block_size", "vocab_size", "n_layer", "n_head", "n_embd"]  # a later field missing means its default
+    sizes = ["block_size", "vocab_size", "n_layer", "n_head", "n_embd"]
     if not isinstance(config, dict) or any(name not in config for name in sizes):
         raise ValueError(f"the checkpoint's config {config!r:.200} does not give all of {sizes}")
-    fields = [field.name for field in dataclasses.fields(GPTConfig)]
-    return GPTConfig(**{name: config[name] for name in fields if name in config})
+    return GPTConfig(**{field.name: config[field.name] for field in dataclasses.fields(GPTConfig) if field.name in config})
 
 
 def find_checkpoints(log_dir):
@@ -469,18 +612,67 @@ def hf_to_our_state_dict(hf_state, our_state):
     return converted
 
 
+def llama_config(hf_config):
+    """GPTConfig for a Hugging Face LlamaForCausalLM config.json, when it is a model --arch llama can be:
+    one key/value head per head, no RoPE scaling, no biases, SiLU, and our RMSNorm epsilon."""
+    get = hf_config.get
+    n_embd, n_head = hf_config["hidden_size"], hf_config["num_attention_heads"]
+    unsupported = {"num_key_value_heads (grouped-query attention)": get("num_key_value_heads", n_head) != n_head,
+                   "rope_scaling": bool(get("rope_scaling")), "attention_bias": bool(get("attention_bias")),
+                   "mlp_bias": bool(get("mlp_bias")), "hidden_act": get("hidden_act", "silu") != "silu",
+                   "head_dim": get("head_dim", n_embd // n_head) != n_embd // n_head,
+                   "rms_norm_eps": get("rms_norm_eps", 1e-6) != RMSNorm(1).eps}
+    if any(unsupported.values()):
+        raise ValueError(f"this Llama directory has what --arch llama does not: "
+                         f"{', '.join(k for k, v in unsupported.items() if v)}")
+    return GPTConfig(block_size=hf_config["max_position_embeddings"], vocab_size=hf_config["vocab_size"],
+                     n_layer=hf_config["num_hidden_layers"], n_head=n_head, n_embd=n_embd, **ARCHS["llama"],
+                     rope_base=float(get("rope_theta", 10000.0)), mlp_hidden=hf_config["intermediate_size"],
+                     tie_head=get("tie_word_embeddings", True))
+
+
+# our names -> LlamaForCausalLM's, inside each block (c_attn is q_proj, k_proj, v_proj stacked; c_fc gate and up)
+LLAMA_BLOCK_NAMES = {"ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention_layernorm.weight",
+                     "attn.c_proj.weight": "self_attn.o_proj.weight", "mlp.c_proj.weight": "mlp.down_proj.weight"}
+
+
+def llama_to_our_state_dict(hf_state, our_state):
+    """LlamaForCausalLM keys onto ours: q/k/v stacked into c_attn, gate/up into c_fc."""
+    hf_state = {k.removeprefix("model."): v for k, v in hf_state.items()}
+    converted = {"transformer.wte.weight": hf_state.pop("embed_tokens.weight"),
+                 "transformer.ln_f.weight": hf_state.pop("norm.weight")}
+    converted["lm_head.weight"] = hf_state.pop("lm_head.weight", converted["transformer.wte.weight"])
+    for i in range(len([k for k in our_state if k.endswith(".attn.c_attn.weight")])):
+        ours, theirs = f"transformer.h.{i}.", f"layers.{i}."
+        for our_name, hf_name in LLAMA_BLOCK_NAMES.items():
+            converted[ours + our_name] = hf_state.pop(theirs + hf_name)
+        converted[ours + "attn.c_attn.weight"] = torch.cat([hf_state.pop(f"{theirs}self_attn.{n}_proj.weight")
+                                                            for n in "qkv"])
+        converted[ours + "mlp.c_fc.weight"] = torch.cat([hf_state.pop(f"{theirs}mlp.{n}_proj.weight")
+                                                         for n in ("gate", "up")])
+    leftover = [k for k in hf_state if not k.endswith("rotary_emb.inv_freq")]
+    wrong = [k for k in our_state if k not in converted or converted[k].shape != our_state[k].shape]
+    if leftover or wrong:
+        raise ValueError(f"Llama weights do not fit --arch llama: unexpected {leftover[:5]}, missing or misshapen "
+                         f"{wrong[:5]}")
+    return converted
+
+
 # -----------------------------------------------------------------------------
 # FLOPs and MFU
 
 
 def flops_per_token(config, seq_len):
-    """Training FLOPs per token: 6*N + 6*n_layer*n_embd*seq_len (n_layer*n_embd: the attention width summed over layers).
-    N counts the matmul weights (attention and MLP in every block, plus the lm_head); position embeddings,
-    biases and LayerNorms are left out; a pruned layer counts its own heads. The attention term is the QK^T and AV matmuls, 12*L*C*T for full
-    attention, halved because a causal kernel skips the masked half. Forward is 1/3, backward 2/3."""
+    """Training FLOPs per token: 6*N + 6*n_layer*n_embd*seq_len (n_layer*n_embd: the attention width summed over
+    layers, less when heads were pruned). N counts the matmul weights: attention (4 n_embd x its width) and MLP
+    (2 matrices, SwiGLU's 3) in every block, plus the lm_head once, tied or not (the token embedding is a lookup).
+    Position embeddings (learned or RoPE), biases and norms are left out. The attention term is the QK^T and AV
+    matmuls, 12*L*C*T for full attention, halved because a causal kernel skips the masked half. Forward is 1/3,
+    backward 2/3."""
     L, C = config.n_layer, config.n_embd
     attn_width = sum(config.heads_per_layer()) * (C // config.n_head)  # L * C unless heads were pruned
-    matmul_params = 4 * C * attn_width + L * 8 * C * C + config.vocab_size * C
+    mlp_matrices = 3 if config.mlp == "swiglu" else 2
+    matmul_params = 4 * C * attn_width + L * mlp_matrices * C * (config.mlp_hidden or 4 * C) + config.vocab_size * C
     return 6 * matmul_params + 6 * attn_width * seq_len
 
 

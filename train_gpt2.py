@@ -47,8 +47,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import hardware
 import memory
 from distributed import destroy_process_group, init_process_group
-from model import (FLOPS_CONVENTION, GPT, PRESETS, GPTConfig, estimate_mfu, find_checkpoints, flops_per_token,
-                   format_mfu, load_checkpoint, peak_flops)
+from model import (ARCH_FIELDS, ARCHS, CHOICES, FLOPS_CONVENTION, GPT, PRESETS, GPTConfig, checkpoint_config,
+                   estimate_mfu, find_checkpoints, flops_per_token, format_mfu, load_checkpoint, peak_flops)
 
 # -----------------------------------------------------------------------------
 # arguments: every default in one place
@@ -69,6 +69,17 @@ def parse_args(argv=None):
     for flag in ("--n-layer", "--n-head", "--n-embd"):
         add(flag, type=int, default=None, help="overrides the --model preset (None: the preset's)")
     add("--vocab-size", type=int, default=50304, help="GPT-2's 50257 padded to a multiple of 128, for speed")
+    add("--arch", default="gpt2", choices=list(ARCHS), help="architecture preset (model.py's map); the flags "
+        "below override single fields of it, for ablations")
+    for field in ARCH_FIELDS:  # None: the --arch preset's value
+        kind = dict(choices=CHOICES[field]) if field in CHOICES else dict(type=float) if field == "rope_base" else \
+            dict(type=int) if field == "mlp_hidden" else dict(action=argparse.BooleanOptionalAction)
+        add("--" + field.replace("_", "-"), default=None, help=f"GPTConfig.{field} (None: the --arch preset's)", **kind)
+    add("--optimizer", default="adamw", choices=["adamw", "muon"], help="muon: Muon (muon.py) for the blocks' "
+        "matrices, AdamW for embeddings, head and 1-D parameters, both at --max-lr and --weight-decay")
+    add("--schedule", default="cosine", choices=["cosine", "wsd"], help="after the warmup: cosine decay to --min-lr, "
+        "or warmup-stable-decay: --max-lr until the last --decay-frac of the steps, then linear to --min-lr")
+    add("--decay-frac", type=float, default=0.2, help="wsd: the fraction of --max-steps spent decaying")
     add("--batch-size", type=batch_size_arg, default=64, help="micro-batch rows per GPU (B), or 'auto': the largest "
         "that fits this GPU and divides the rows per rank and step (elsewhere: the default, or its largest divisor)")
     add("--seq-len", type=int, default=1024, help="tokens per row (T)")
@@ -126,8 +137,20 @@ class Diverged(FatalError):
 
 
 def model_config(args):
-    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd") if getattr(args, k) is not None}
-    return GPTConfig.preset(args.model, vocab_size=args.vocab_size, **overrides)
+    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd") + ARCH_FIELDS}  # None: not given
+    try:
+        return GPTConfig.preset(args.model, arch=args.arch, vocab_size=args.vocab_size, **overrides)
+    except ValueError as e:
+        raise FatalError(str(e)) from None
+
+
+def describe_arch(args, config, n_params):
+    """One line: the arch, its MLP width, and its parameter count against GPT-2's at the same size."""
+    sizes = {k: getattr(config, k) for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")}
+    with torch.device("meta"):  # shapes only: no memory, no RNG
+        gpt2_params = GPT(GPTConfig(**sizes)).num_params()
+    return (f"arch {args.arch}: {config.mlp} MLP of width {config.mlp_hidden or 4 * config.n_embd}, {n_params:,} "
+            f"parameters, {100 * (n_params / gpt2_params - 1):+.2f}% against gpt2's {gpt2_params:,} at this size")
 
 
 def check_args(args, config, world_size):
@@ -142,6 +165,8 @@ def check_args(args, config, world_size):
                  "checkpoint_every", "keep_checkpoints", "max_bad_steps", "weight_decay", "grad_clip", "skip_spikes"]:
         if getattr(args, name) < 0:
             raise FatalError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
+    if not 0 <= args.decay_frac <= 1:
+        raise FatalError(f"--decay-frac must be between 0 and 1, got {args.decay_frac}")
     if config.n_embd % config.n_head:
         raise FatalError(f"n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
     if args.seq_len > config.block_size:
@@ -319,12 +344,16 @@ def to_device(rows, device):
 # -----------------------------------------------------------------------------
 # the pieces of the loop
 
-def get_lr(step, max_lr, min_lr, warmup_steps, max_steps):
-    """Linear warmup to max_lr over warmup_steps, then cosine decay to min_lr at max_steps (the reference's)."""
+def get_lr(step, max_lr, min_lr, warmup_steps, max_steps, schedule="cosine", decay_frac=0.2):
+    """Linear warmup to max_lr over warmup_steps, then cosine decay to min_lr at max_steps (the reference's), or
+    schedule "wsd": max_lr held until the last decay_frac of max_steps, which decay linearly to min_lr."""
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= max_steps:
         return min_lr
+    if schedule == "wsd":
+        decay_start = max(warmup_steps, max_steps - round(decay_frac * max_steps))
+        return max_lr + (min_lr - max_lr) * max(0, step - decay_start) / max(1, max_steps - decay_start)
     progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
@@ -407,7 +436,7 @@ def resolve_resume(resume, log_dir):
     return resume
 
 
-def load_resume_checkpoint(path, config):
+def load_resume_checkpoint(path, config, optimizer_name):
     """A training checkpoint for this model, read without executing any pickled code (weights_only=True)."""
     try:
         checkpoint = load_checkpoint(path)
@@ -419,17 +448,22 @@ def load_resume_checkpoint(path, config):
     if missing:
         raise FatalError(f"{path} has weights but no training state ({', '.join(sorted(missing))}): it cannot be "
                          f"resumed; start a new --log-dir")
-    if checkpoint["config"] != dataclasses.asdict(config):
-        diff = ", ".join(f"{k} {v} vs {getattr(config, k, None)}" for k, v in checkpoint["config"].items()
+    saved = dataclasses.asdict(checkpoint_config(checkpoint))  # an older checkpoint's missing fields: GPT-2's
+    if saved != dataclasses.asdict(config):
+        diff = ", ".join(f"{k} {v} vs {getattr(config, k, None)}" for k, v in saved.items()
                          if getattr(config, k, None) != v)
         raise FatalError(f"{path} holds a different model ({diff}): pass the flags it was trained with "
-                         f"(--model/--n-layer/...) or use another --log-dir")
+                         f"(--model/--arch/--n-layer/...) or use another --log-dir")
+    saved_optimizer = checkpoint.get("args", {}).get("optimizer", "adamw")
+    if saved_optimizer != optimizer_name:
+        raise FatalError(f"{path} was trained with --optimizer {saved_optimizer}, not {optimizer_name}: pass "
+                         f"--optimizer {saved_optimizer} or use another --log-dir")
     return checkpoint
 
 
 # flags that define what a run computes: a resume must not change them. (A flag some checkpoint predates is skipped.)
 RUN_FLAGS = ("total_batch_size", "max_lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "skip_spikes",
-             "dtype", "optimizer", "schedule")
+             "dtype", "optimizer", "schedule", "decay_frac")
 # flags a resume may change: the schedule's length, the periodic work, and how the same global batch is split
 RESUMABLE_FLAGS = ("max_steps", "epochs", "eval_every", "val_tokens", "hellaswag_every", "sample_every",
                    "sample_tokens", "checkpoint_every", "keep_checkpoints", "batch_size", "shard_optimizer", "fsdp",
@@ -586,7 +620,7 @@ def main(argv=None):
         if args.max_steps == 0:
             raise FatalError(f"--epochs {args.epochs} is less than one step of {args.total_batch_size} tokens")
     resume_path = resolve_resume(args.resume, args.log_dir)  # the newest in the log dir (auto), a given one, or none
-    checkpoint = load_resume_checkpoint(resume_path, config) if resume_path else None
+    checkpoint = load_resume_checkpoint(resume_path, config, args.optimizer) if resume_path else None
     args.dtype = dtype  # what --dtype auto chose: a resume compares (and a checkpoint records) that
     resume_notes = check_resume_args(resume_path, checkpoint, args, world_size, checkpoint["step"]) if checkpoint else []
     if checkpoint:
@@ -607,7 +641,8 @@ def main(argv=None):
     try:  # FSDP2 may not run on this device with this torch, nor shard every optimizer
         if strategy == "fsdp":
             memory.shard_model(raw_model, device_type)
-        optimizer = raw_model.configure_optimizers(args.weight_decay, args.max_lr, device_type)
+        optimizer = raw_model.configure_optimizers(args.weight_decay, args.max_lr, device_type,
+                                                   optimizer=args.optimizer)
         optimizer = memory.shard_optimizer(optimizer, strategy)
     except ValueError as e:
         raise FatalError(str(e)) from None
@@ -680,6 +715,8 @@ def main(argv=None):
 
     if master:
         print(f"model {args.model} {dataclasses.asdict(config)}: {raw_model.num_params():,} parameters")
+        print(describe_arch(args, config, raw_model.num_params()) + f"; optimizer {args.optimizer}, schedule "
+              f"{args.schedule}" + (f" (decay over the last {args.decay_frac:g})" if args.schedule == "wsd" else ""))
         print(f"device {device} ({device_name}), dtype {dtype}, compile {use_compile}, world size {world_size}")
         peak = peak_flops(device_name)
         print(f"{FLOPS_CONVENTION}: {flops_per_tok:,} per token, against "
@@ -798,7 +835,7 @@ def main(argv=None):
             scaler.unscale_(optimizer)
         norm = memory.clip_grad_norm(raw_model, args.grad_clip or float("inf"))
         train_loss, stop_votes, norm = torch.stack([stats[0] / world_size, stats[1], norm.float()]).tolist()  # 1 sync
-        lr = get_lr(step, args.max_lr, args.min_lr, args.warmup_steps, args.max_steps)
+        lr = get_lr(step, args.max_lr, args.min_lr, args.warmup_steps, args.max_steps, args.schedule, args.decay_frac)
         # a NaN/inf loss or gradient, or a loss spike, must not reach the weights; every rank sees the same loss
         # and norm, so all skip together. (With fp16, inf gradients are the GradScaler's to skip, as usual.)
         not_finite = not math.isfinite(train_loss) or (scaler is None and not math.isfinite(norm))

@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-from model import (FLOPS_CONVENTION, GPT, GPTConfig, clean_state_dict, estimate_mfu, flops_per_token, format_mfu,
-                   peak_flops, sample_next_token)
+from model import (ARCHS, FLOPS_CONVENTION, GPT, GPTConfig, RMSNorm, apply_rope, clean_state_dict, estimate_mfu,
+                   flops_per_token, format_mfu, peak_flops, sample_next_token)
 
 TINY = dict(block_size=64, vocab_size=101, n_layer=2, n_head=2, n_embd=64)
 
@@ -352,19 +352,201 @@ def test_loads_a_build_nanogpt_checkpoint(tmp_path):
     assert all(torch.equal(v, expected.state_dict()[k]) for k, v in model.state_dict().items())
 
 
-def test_loads_a_nanogpt_checkpoint_and_rejects_bias_false(tmp_path):
-    model = tiny_model(seed=4)
-    model_args = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, bias=True, vocab_size=101, dropout=0.0)
-    state = {"_orig_mod." + k: v for k, v in model.state_dict().items()}  # nanoGPT saves the compiled module's
-    path = tmp_path / "ckpt.pt"
-    torch.save({"model": state, "model_args": model_args, "iter_num": 10, "best_val_loss": torch.tensor(3.0),
-                "config": {"batch_size": 12, "learning_rate": 6e-4, "dataset": "openwebtext"}}, path)
+def test_loads_a_nanogpt_checkpoint_with_or_without_biases(tmp_path):
+    for bias in (True, False):  # nanoGPT's bias=False: no biases in Linears and LayerNorms, as our bias=False
+        model = tiny_model(seed=4, vocab_size=101, bias=bias)
+        model_args = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, bias=bias, vocab_size=101, dropout=0.0)
+        state = {"_orig_mod." + k: v for k, v in model.state_dict().items()}  # nanoGPT saves the compiled module's
+        path = tmp_path / "ckpt.pt"
+        torch.save({"model": state, "model_args": model_args, "iter_num": 10, "best_val_loss": torch.tensor(3.0),
+                    "config": {"batch_size": 12, "learning_rate": 6e-4, "dataset": "openwebtext"}}, path)
+        loaded = GPT.from_checkpoint(str(path)).eval()
+        idx = torch.randint(0, 101, (1, 16))
+        assert torch.equal(loaded(idx)[0], model(idx)[0])
+        assert not bias or any(k.endswith("ln_1.bias") for k in loaded.state_dict())
+        assert bias or not any(k.endswith(".bias") for k in loaded.state_dict())
+
+
+# -----------------------------------------------------------------------------
+# architectures (--arch): gpt2 is today's model, bit for bit; every arch generates and trains
+
+ARCH_NAMES = list(ARCHS)
+
+
+def arch_model(arch, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.preset("gpt2", arch=arch, **{**TINY, **overrides})).eval()
+
+
+def test_gpt2_is_bit_identical_to_the_stored_reference():
+    """tests/data/gpt2_reference.pt was written by tests/data/make_gpt2_reference.py with model.py as it was before
+    the architecture fields: same init, logits, loss, sampled tokens, parameter and FLOP counts, and AdamW steps."""
+    ref = torch.load(os.path.join(os.path.dirname(__file__), "data", "gpt2_reference.pt"), weights_only=True)
+    torch.manual_seed(1234)
+    config = GPTConfig(**ref["config"])
+    model = GPT(config).eval()
+    assert config == GPTConfig.preset("gpt2", arch="gpt2", **ref["config"])
+    state = model.state_dict()
+    assert list(state) == list(ref["state"]) and all(torch.equal(state[k], ref["state"][k]) for k in state)
+    logits, loss = model(ref["idx"], targets=ref["idx"])
+    assert torch.equal(logits, ref["logits"]) and torch.equal(loss, ref["loss"])
+    generated = model.generate(ref["idx"][:, :4], 40, top_k=20, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(generated, ref["generated"])  # 44 tokens: past block_size 32 too
+    assert model.num_params() == ref["num_params"] and flops_per_token(config, 32) == ref["flops_per_token"]
+    model.train()
+    optimizer = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, device_type="cpu")
+    losses = []
+    for _ in range(3):
+        _, loss = model(ref["idx"], targets=ref["idx"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert torch.equal(torch.tensor(losses, dtype=torch.float64), ref["train_losses"])
+    assert torch.equal(model.transformer.h[1].mlp.c_fc.weight, ref["trained_c_fc"])
+
+
+def test_presets_set_the_fields_the_map_promises():
+    llama, modern, postln = (GPTConfig.preset("gpt2", arch=a) for a in ("llama", "modern", "postln"))
+    assert (llama.norm, llama.pos_emb, llama.mlp, llama.bias, llama.tie_head) == ("rmsnorm", "rope", "swiglu", False, True)
+    assert (modern.mlp, modern.qk_norm, modern.tie_head, modern.zero_init_proj, modern.bias) == ("relu2", True, False,
+                                                                                                True, False)
+    assert postln == GPTConfig(norm_position="post")
+    assert GPTConfig.preset("gpt2", arch="modern", qk_norm=False, mlp=None).qk_norm is False  # None: not given
+    with pytest.raises(ValueError, match="unknown arch"):
+        GPTConfig.preset("gpt2", arch="gpt5")
+    with pytest.raises(ValueError, match="mlp must be one of gelu, swiglu, relu2"):
+        GPTConfig(mlp="geglu")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "demo"])
+def test_llama_stays_within_2_percent_of_gpt2s_parameters(name):
+    sizes = dict(n_layer=4, n_head=4, n_embd=64) if name == "demo" else {}
+    preset = "gpt2" if name == "demo" else name
+    with torch.device("meta"):
+        gpt2 = GPT(GPTConfig.preset(preset, vocab_size=50304, **sizes)).num_params()
+        llama_config = GPTConfig.preset(preset, arch="llama", vocab_size=50304, **sizes)
+        llama = GPT(llama_config).num_params()
+    assert abs(llama / gpt2 - 1) < 0.02, (name, llama, gpt2)
+    assert llama_config.mlp_hidden % (64 if llama_config.n_embd >= 256 else 8) == 0
+    assert GPTConfig.preset("gpt2", arch="llama").mlp_hidden == 2112  # 8/3 * 768 = 2048, plus wpe's 786k weights
+    untied = GPTConfig.preset(preset, arch="llama", tie_head=False, vocab_size=50304, **sizes)
+    assert untied.mlp_hidden == llama_config.mlp_hidden  # compared with an untied GPT-2
+
+
+def test_modules_follow_the_fields():
+    model = arch_model("modern")
+    assert "wpe" not in model.transformer and model.lm_head.weight is not model.transformer.wte.weight
+    assert not any(name.endswith(".bias") for name, _ in model.named_parameters())
+    assert all(torch.all(b.attn.c_proj.weight == 0) and torch.all(b.mlp.c_proj.weight == 0) for b in model.transformer.h)
+    assert isinstance(model.transformer.h[0].ln_1, RMSNorm) and hasattr(model.transformer.h[0].attn, "q_norm")
+    llama = arch_model("llama")
+    assert llama.transformer.h[0].mlp.c_fc.weight.shape == (2 * llama.config.mlp_hidden, 64)
+    assert llama.lm_head.weight is llama.transformer.wte.weight
+    assert "ln_f" not in arch_model("postln").transformer
+    assert model.num_params(exclude_pos=True) == model.num_params()
+
+
+def test_rmsnorm_and_relu2_and_postln_compute_what_they_say():
+    x = torch.randn(3, 5, 64)
+    norm = RMSNorm(64)
+    torch.testing.assert_close(norm(x), x / x.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt())
+    model = arch_model("postln")
+    block = model.transformer.h[0]
+    with torch.no_grad():
+        h = block.ln_1(x + block.attn(x))
+        torch.testing.assert_close(block(x), block.ln_2(h + block.mlp(h)))
+    mlp = arch_model("modern").transformer.h[0].mlp
+    torch.testing.assert_close(mlp(x), mlp.c_proj(torch.relu(mlp.c_fc(x)) ** 2))
+
+
+def test_rope_is_relative():
+    """Rotated q.k depends only on the distance between the positions."""
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+    score = lambda i, j: (apply_rope(q, i, 10000.0) * apply_rope(k, j, 10000.0)).sum()
+    torch.testing.assert_close(score(3, 1), score(40, 38))
+    assert not torch.allclose(score(3, 1), score(3, 2))
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_every_arch_is_causal_and_its_kv_cache_equals_recompute(arch):
+    model = arch_model(arch)
+    idx = torch.randint(0, 101, (2, 24))
+    changed = idx.clone()
+    changed[:, 20] = (changed[:, 20] + 1) % 101
+    assert torch.equal(model(idx)[0][:, :20], model(changed)[0][:, :20])
+    from model import KVCache
+    full, _ = model(idx)
+    cache = KVCache(model.config, 24)
+    parts = [model(idx[:, :16], kv_cache=cache)[0], model(idx[:, 16:20], kv_cache=cache)[0]]
+    parts += [model(idx[:, i:i + 1], kv_cache=cache)[0] for i in range(20, 24)]  # RoPE positions continue
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+    start = torch.randint(0, 101, (2, 10))
+    assert torch.equal(model.generate(start, 30, temperature=0), greedy_without_cache(model, start, 30))
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_every_arch_generates_past_block_size_as_a_cropped_recompute(arch):
+    """Past block_size the window slides one token per step, re-run at positions 0..block_size-1."""
+    model = arch_model(arch, block_size=16)
+    idx = torch.randint(0, 101, (1, 12))
+    assert torch.equal(model.generate(idx, 20, temperature=0), greedy_without_cache(model, idx, 20))
+
+
+@pytest.mark.parametrize("arch,optimizer", [(a, "adamw") for a in ARCH_NAMES] + [("modern", "muon"), ("llama", "muon")])
+def test_every_arch_and_optimizer_fits_a_batch(arch, optimizer):
+    model = arch_model(arch).train()
+    opt = model.configure_optimizers(weight_decay=0.1, learning_rate=3e-3, device_type="cpu", optimizer=optimizer)
+    idx = torch.randint(0, 101, (4, 32), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(15):
+        _, loss = model(idx[:, :-1].contiguous(), idx[:, 1:].contiguous())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0, losses
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    model = arch_model("modern")
+    opt = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, device_type="cpu", optimizer="muon")
+    muon, adamw = opt.optimizers
+    muon_params = {id(p) for g in muon.param_groups for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[i] for i in muon_params} == {n for n, p in model.named_parameters() if n.startswith("transformer.h.")
+                                               and p.dim() == 2}
+    assert {id(p) for g in adamw.param_groups for p in g["params"]} == set(names) - muon_params
+    assert len(opt.param_groups) == 3
+
+
+def test_flops_follow_the_arch():
+    C, L, V, T = 768, 12, 50304, 1024
+    llama = GPTConfig.preset("gpt2", arch="llama", vocab_size=V)
+    assert flops_per_token(llama, T) == 6 * (L * (4 * C * C + 3 * C * 2112) + V * C) + 6 * L * C * T
+    modern = GPTConfig.preset("gpt2", arch="modern", vocab_size=V)  # untied head: still one head matmul
+    assert flops_per_token(modern, T) == flops_per_token(GPTConfig.preset("gpt2", vocab_size=V), T)
+    assert flops_per_token(GPTConfig(mlp_hidden=1024), T) == 6 * (L * (4 * C * C + 2 * C * 1024) + 50257 * C) + 6 * L * C * T
+
+
+def test_old_checkpoint_without_arch_fields_is_gpt2(tmp_path):
+    model = tiny_model(seed=3)
+    path = tmp_path / "model_00001.pt"
+    torch.save({"model": model.state_dict(), "config": TINY, "step": 1}, path)  # a config from before --arch
+    loaded = GPT.from_checkpoint(str(path))
+    assert loaded.config == GPTConfig(**TINY)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_every_arch_round_trips_through_a_checkpoint(tmp_path, arch):
+    import dataclasses
+    model = arch_model(arch, seed=5)
+    path = tmp_path / "model_00001.pt"
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config), "step": 1}, path)
     loaded = GPT.from_checkpoint(str(path)).eval()
     idx = torch.randint(0, 101, (1, 16))
-    assert torch.equal(loaded(idx)[0], model(idx)[0])
-    torch.save({"model": state, "model_args": {**model_args, "bias": False}, "config": {}}, path)
-    with pytest.raises(ValueError, match="bias=False"):
-        GPT.from_checkpoint(str(path))
+    assert loaded.config == model.config and torch.equal(loaded(idx)[0], model(idx)[0])
 
 
 # -----------------------------------------------------------------------------
@@ -448,3 +630,52 @@ def test_chunked_loss_equals_cross_entropy_and_its_gradients(rows):
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-7, msg=name)
     with torch.no_grad():
         assert model(x, y, loss_chunk=rows)[1].item() == loss.item()
+
+
+def save_random_hf_llama(directory, tie=True, **overrides):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    fields = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=tie)
+    hf_config = transformers.LlamaConfig(**{**fields, **overrides})
+    hf_model = transformers.LlamaForCausalLM(hf_config).eval()
+    for p in hf_model.parameters():  # random norm gains too, so that a swapped name shows
+        torch.nn.init.normal_(p, mean=1.0 if p.dim() == 1 else 0.0, std=0.1 if p.dim() == 1 else 0.02)
+    hf_model.save_pretrained(directory)
+    return hf_model
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_from_pretrained_loads_a_llama_directory(tmp_path, tie):
+    hf_model = save_random_hf_llama(tmp_path, tie)
+    model = GPT.from_pretrained(str(tmp_path)).eval()
+    assert (model.config.pos_emb, model.config.mlp, model.config.mlp_hidden, model.config.tie_head) == (
+        "rope", "swiglu", 96, tie)
+    idx = torch.randint(0, 101, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], hf_model(idx).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_from_pretrained_refuses_llamas_we_cannot_compute(tmp_path):
+    save_random_hf_llama(tmp_path, num_key_value_heads=1)
+    with pytest.raises(ValueError, match="num_key_value_heads"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_every_arch_traces_whole_for_torch_compile(arch):
+    """fullgraph=True fails on any graph break; aot_eager traces forward and backward without inductor's slow CPU
+    code generation (tests/test_train_gpt2.py compiles a modern run with inductor)."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    model = arch_model(arch).train()
+    idx = torch.randint(0, 101, (2, 32))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    loss = compiled(idx, idx)[1]
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    expected = model(idx, idx)[1]
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    assert all(torch.allclose(g, p.grad, atol=1e-6) for g, p in zip(grads, model.parameters()))

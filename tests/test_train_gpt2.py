@@ -197,6 +197,14 @@ def test_lr_schedule_reference_values():
     assert all(lr(s) >= lr(s + 1) for s in range(715, 19073, 97))
 
 
+def test_wsd_schedule_warms_up_holds_then_decays_linearly():
+    lr = lambda step: train_gpt2.get_lr(step, 1e-3, 1e-4, 10, 100, schedule="wsd", decay_frac=0.2)
+    assert lr(0) == pytest.approx(1e-4) and lr(9) == pytest.approx(1e-3)  # the same warmup as cosine
+    assert lr(10) == lr(50) == lr(80) == 1e-3  # stable until the last 20 of 100 steps
+    assert lr(90) == pytest.approx((1e-3 + 1e-4) / 2) and lr(100) == pytest.approx(1e-4)
+    assert train_gpt2.get_lr(5, 1e-3, 1e-4, 0, 10, schedule="wsd", decay_frac=1.0) == pytest.approx(5.5e-4)
+
+
 def test_lr_printed_by_the_run(reference):
     printed = dict(re.findall(r"step +(\d+) \| loss \S+ \| lr (\S+)", reference["stdout"]))
     assert float(printed["0"]) == pytest.approx(1e-2 / 2)
@@ -286,6 +294,72 @@ def test_data_order_is_the_projects_own_shuffle_pinned_by_golden_values(tmp_path
     del older["order"]  # a checkpoint from before: numpy's Generator.permutation
     with pytest.raises(train_gpt2.FatalError, match="numpy's Generator.permutation"):
         loader(str(tmp_path)).load_state_dict(older)
+
+
+# -----------------------------------------------------------------------------
+# every --arch, and Muon with WSD: the same guarantees as GPT-2 (the loss falls, DDP = accumulation, resume is
+# bit-exact). One run of each is shared by the three tests, as the gpt2 reference above.
+
+ARCH_RUNS = {"llama": ["--arch", "llama"], "modern": ["--arch", "modern"], "postln": ["--arch", "postln"],
+             "modern-muon-wsd": ["--arch", "modern", "--optimizer", "muon", "--schedule", "wsd"]}
+
+
+@pytest.fixture(scope="module", params=list(ARCH_RUNS))
+def arch_runs(request, tmp_path_factory, data_dir):
+    flags = TINY + ARCH_RUNS[request.param]
+    single, ddp, resumed = (str(tmp_path_factory.mktemp(f"{request.param}-{kind}")) for kind in ("1", "ddp", "resume"))
+    stdout = run(["--data-dir", data_dir, "--log-dir", single] + flags).stdout
+    run(["--data-dir", data_dir, "--log-dir", ddp] + flags, torchrun=TORCHRUN)
+    shutil.copy(os.path.join(single, "model_00004.pt"), resumed)  # a run stopped after 4 steps
+    run(["--data-dir", data_dir, "--log-dir", resumed] + flags)
+    return dict(name=request.param, single=single, ddp=ddp, resumed=resumed, stdout=stdout)
+
+
+@pytest.mark.slow
+def test_every_arch_loss_falls(arch_runs):
+    log = read_log(arch_runs["single"])
+    train, val = log["train"], log["val"]
+    assert sorted(train) == list(range(12)) and train[0] == pytest.approx(np.log(VOCAB), abs=0.2)
+    assert np.mean([train[s] for s in (9, 10, 11)]) < train[0] - 1.5, train
+    assert val[12] < val[0] - 1.0
+    assert re.search(r"arch \S+: \w+ MLP of width \d+, [\d,]+ parameters, [+-][\d.]+% against gpt2's", arch_runs["stdout"])
+
+
+@pytest.mark.slow
+def test_every_arch_ddp_matches_gradient_accumulation(arch_runs):
+    train, ddp_train = read_log(arch_runs["single"])["train"], read_log(arch_runs["ddp"])["train"]
+    assert sorted(ddp_train) == sorted(train)
+    for step in train:
+        assert ddp_train[step] == pytest.approx(train[step], abs=1e-5), step
+
+
+@pytest.mark.slow
+def test_every_arch_resumes_bit_exactly(arch_runs):
+    after_resume = lambda log_dir: {s: v for s, v in read_log(log_dir)["train"].items() if s >= 4}
+    assert after_resume(arch_runs["resumed"]) == after_resume(arch_runs["single"])
+    final = [os.path.join(arch_runs[kind], "model_00012.pt") for kind in ("resumed", "single")]
+    assert same_weights(*final)
+    a, b = (load_checkpoint(path)["optimizer"] for path in final)
+    flat = lambda state: [t for t in torch.utils._pytree.tree_leaves(state) if isinstance(t, torch.Tensor)]
+    assert all(torch.equal(x, y) for x, y in zip(flat(a), flat(b))) and len(flat(a)) == len(flat(b)) > 0
+
+
+def test_resume_refuses_another_arch_or_optimizer(tmp_path, data_dir, reference):
+    shutil.copy(os.path.join(reference["log_dir"], "model_00004.pt"), tmp_path)
+    result = run(["--data-dir", data_dir, "--log-dir", str(tmp_path)] + TINY + ["--arch", "llama"], expect_rc=2)
+    assert re.fullmatch(r"error: \S+model_00004.pt holds a different model \(norm layernorm vs rmsnorm, .*\n",
+                        result.stderr)
+    result = run(["--data-dir", data_dir, "--log-dir", str(tmp_path)] + TINY + ["--optimizer", "muon"], expect_rc=2)
+    assert "was trained with --optimizer adamw, not muon" in result.stderr
+
+
+@pytest.mark.slow
+def test_compiled_modern_muon_run(tmp_path, data_dir):
+    """torch.compile (inductor) of the branches gpt2 does not take: RoPE, RMSNorm, QK-norm, ReLU², untied head,
+    with Muon; tests/test_model.py traces every arch with fullgraph=True, cheaply."""
+    result = run(["--data-dir", data_dir, "--log-dir", str(tmp_path)] + TINY + ARCH_RUNS["modern-muon-wsd"] + [
+        "--compile", "--max-steps", "3", "--eval-every", "3", "--checkpoint-every", "0"])
+    assert "compile True" in result.stdout and sorted(read_log(tmp_path)["val"]) == [0, 3]
 
 
 # -----------------------------------------------------------------------------
@@ -725,3 +799,15 @@ def test_wandb_missing_is_a_one_line_error(tmp_path, data_dir):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --wandb needs the wandb package: pip install wandb"]
+
+
+def test_arch_fields_are_overridable_by_flag_for_ablations():
+    config = train_gpt2.model_config(train_gpt2.parse_args(["--arch", "modern", "--no-qk-norm", "--mlp", "swiglu",
+                                                            "--rope-base", "500000"]))
+    assert (config.qk_norm, config.mlp, config.rope_base, config.tie_head, config.norm) == (
+        False, "swiglu", 500000.0, False, "rmsnorm")
+    assert config.mlp_hidden == 2112  # SwiGLU without --mlp-hidden: GPT-2's parameter count
+    assert train_gpt2.model_config(train_gpt2.parse_args(["--bias", "--arch", "llama"])).bias is True
+    assert train_gpt2.model_config(train_gpt2.parse_args([])) == GPTConfig(vocab_size=50304)
+    with pytest.raises(train_gpt2.FatalError, match="RoPE rotates pairs"):
+        train_gpt2.model_config(train_gpt2.parse_args(["--arch", "llama", "--n-embd", "30", "--n-head", "2"]))
