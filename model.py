@@ -34,10 +34,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from muon import CombinedOptimizer, Muon
+
 # a pruned layer with no heads left has empty q/k/v and output matrices; their init is a no-op, not a problem
 warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
-
-from muon import CombinedOptimizer, Muon
 
 GPT2_VOCAB_SIZE = 50257  # the real tokenizer size; training pads the embedding table to 50304 for speed
 
@@ -85,7 +85,7 @@ class GPTConfig:
     @staticmethod
     def preset(name, arch="gpt2", **overrides):
         """A GPT-2 size by name, in an --arch (ARCHS); overrides (e.g. vocab_size=50304, mlp="relu2") are applied
-        on top, and None means "not given". A SwiGLU MLP without a given mlp_hidden gets swiglu_hidden(n_embd)."""
+        on top, and None means "not given". A SwiGLU MLP without a given mlp_hidden gets swiglu_hidden(config)."""
         if name not in PRESETS:
             raise ValueError(f"unknown model '{name}': choose one of {', '.join(PRESETS)}")
         if arch not in ARCHS:
@@ -617,8 +617,10 @@ def llama_config(hf_config):
     one key/value head per head, no RoPE scaling, no biases, SiLU, and our RMSNorm epsilon."""
     get = hf_config.get
     n_embd, n_head = hf_config["hidden_size"], hf_config["num_attention_heads"]
+    rope = get("rope_parameters") or {"rope_theta": get("rope_theta", 10000.0), **(get("rope_scaling") or {})}
     unsupported = {"num_key_value_heads (grouped-query attention)": get("num_key_value_heads", n_head) != n_head,
-                   "rope_scaling": bool(get("rope_scaling")), "attention_bias": bool(get("attention_bias")),
+                   "rope scaling": rope.get("rope_type", "default") != "default" or bool(get("rope_scaling")),
+                   "attention_bias": bool(get("attention_bias")),
                    "mlp_bias": bool(get("mlp_bias")), "hidden_act": get("hidden_act", "silu") != "silu",
                    "head_dim": get("head_dim", n_embd // n_head) != n_embd // n_head,
                    "rms_norm_eps": get("rms_norm_eps", 1e-6) != RMSNorm(1).eps}
@@ -627,7 +629,7 @@ def llama_config(hf_config):
                          f"{', '.join(k for k, v in unsupported.items() if v)}")
     return GPTConfig(block_size=hf_config["max_position_embeddings"], vocab_size=hf_config["vocab_size"],
                      n_layer=hf_config["num_hidden_layers"], n_head=n_head, n_embd=n_embd, **ARCHS["llama"],
-                     rope_base=float(get("rope_theta", 10000.0)), mlp_hidden=hf_config["intermediate_size"],
+                     rope_base=float(rope["rope_theta"]), mlp_hidden=hf_config["intermediate_size"],
                      tie_head=get("tie_word_embeddings", True))
 
 
