@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from hardware import pick_dtype
 import memory
-from model import FLOPS_CONVENTION, GPT, GPTConfig, PRESETS, estimate_mfu, flops_per_token, format_mfu
+from model import ARCHS, FLOPS_CONVENTION, GPT, GPTConfig, PRESETS, estimate_mfu, flops_per_token, format_mfu
 
 # -----------------------------------------------------------------------------
 # defaults, in one place: a GPU measures real GPT-2 training; a CPU runs a smoke-test-sized model
@@ -66,6 +66,8 @@ def per_device(key):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), formatter_class=HelpFormatter)
     parser.add_argument("--model", choices=[*PRESETS, "tiny"], help=f"model size {per_device('model')}")
+    parser.add_argument("--arch", default="gpt2", choices=list(ARCHS), help="architecture preset (model.ARCHS): "
+                                                                          "FLOPs and MFU follow it")
     parser.add_argument("--n-layer", type=int, help="override the preset's number of layers")
     parser.add_argument("--n-head", type=int, help="override the preset's number of heads")
     parser.add_argument("--n-embd", type=int, help="override the preset's embedding width")
@@ -168,7 +170,8 @@ def build_config(args):
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
     if sizes["n_embd"] % sizes["n_head"]:
         raise ValueError(f"n_embd {sizes['n_embd']} is not divisible by n_head {sizes['n_head']}")
-    config = GPTConfig(**sizes)  # block_size 1024 as in train_gpt2.py, so a seed gives the same weights
+    # block_size 1024 as in train_gpt2.py, so a seed gives the same weights; the sizes replace the preset's
+    config = GPTConfig.preset("gpt2", arch=args.arch, **sizes)
     if args.seq_len > config.block_size:
         raise ValueError(f"--seq-len {args.seq_len} is longer than the model's block_size {config.block_size}")
     return config
@@ -376,7 +379,7 @@ def print_header(args):
     with torch.device("meta"):  # counts only: no memory, no init
         n_params = GPT(c).num_params()
     note = " (a smoke-test model, not GPT-2)" if args.model == "tiny" else ""
-    print(f"model: {args.model}{note} | n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} "
+    print(f"model: {args.model}{note} | arch {args.arch} ({c.mlp} MLP of width {c.mlp_hidden or 4 * c.n_embd}) | n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} "
           f"vocab_size={c.vocab_size} | {n_params:,} parameters")
     print(f"batch: B={args.batch_size} T={args.seq_len} grad_accum={args.grad_accum} | "
           f"{tokens_per_step(args):,} tokens/step | dtype {args.dtype}")

@@ -1,6 +1,7 @@
 """
-Export one of our checkpoints as a Hugging Face GPT-2 directory, so transformers, lm-eval-harness, vLLM and the
-rest of the ecosystem can use it.
+Export one of our checkpoints as a Hugging Face directory, so transformers, lm-eval-harness, vLLM and the rest of
+the ecosystem can use it: --arch gpt2 as GPT2LMHeadModel, --arch llama as LlamaForCausalLM. The other archs
+have no Hugging Face class that computes them (ReLU², QK-norm, Post-LN...), and export says so in one line.
 
     python export_hf.py log/ gpt2-ours/
     python -c "from transformers import GPT2LMHeadModel; GPT2LMHeadModel.from_pretrained('gpt2-ours')"
@@ -10,7 +11,9 @@ The directory holds config.json, generation_config.json, model.safetensors and t
 merges.txt, tokenizer_config.json, special_tokens_map.json), which loads offline. The weights become HF's
 layout: Conv1D matrices transposed, the token embedding cropped from the padded 50304 rows to the tokenizer's
 50257, and the LM head left out because it is tied to the embedding (transformers re-ties it on load).
-It round-trips: model.GPT.from_pretrained('gpt2-ours') loads it back.
+A llama export has LlamaForCausalLM's names instead: c_attn split into q/k/v_proj, c_fc into gate/up_proj, no
+transposes (RoPE's rotate-half layout is Hugging Face's), and lm_head written only when the head is untied.
+It round-trips: model.GPT.from_pretrained('gpt2-ours') loads either back.
 """
 
 import argparse
@@ -25,7 +28,8 @@ import torch
 from safetensors.torch import save_file
 
 from fineweb import read_gpt2_bpe_files
-from model import GPT, GPT2_VOCAB_SIZE, HF_TRANSPOSED, clean_state_dict, load_checkpoint, resolve_checkpoint_path
+from model import (ARCH_FIELDS, GPT, GPT2_VOCAB_SIZE, HF_TRANSPOSED, LLAMA_BLOCK_NAMES, GPTConfig, RMSNorm,
+                   clean_state_dict, load_checkpoint, resolve_checkpoint_path)
 
 EOT = 50256  # <|endoftext|>: GPT-2's bos, eos and unk token
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -54,6 +58,77 @@ def to_hf_state_dict(state_dict, dtype=torch.float32):
             value = value[:GPT2_VOCAB_SIZE]  # rows 50257.. pad the table for speed; no token ever uses them
         hf_state[key] = value.detach().to("cpu", dtype).contiguous().clone()
     return hf_state
+
+
+# the fields LlamaForCausalLM fixes; rope_base, mlp_hidden and tie_head may be anything, zero_init_proj is init only
+LLAMA_FIELDS = dict(norm="rmsnorm", norm_position="pre", pos_emb="rope", mlp="swiglu", bias=False, qk_norm=False)
+
+
+def hf_class(config):
+    """"gpt2" or "llama": the Hugging Face model a GPTConfig can be written as; otherwise a one-line ValueError."""
+    fields = {k: getattr(config, k) for k in ARCH_FIELDS if k != "zero_init_proj"}
+    gpt2 = {k: getattr(GPTConfig(), k) for k in fields}
+    if fields == gpt2:
+        return "gpt2"
+    if all(fields[k] == v for k, v in LLAMA_FIELDS.items()):
+        return "llama"
+    differ = ", ".join(f"{k}={v}" for k, v in fields.items() if v != gpt2[k] and LLAMA_FIELDS.get(k, v) != v)
+    raise ValueError(f"export_hf.py writes --arch gpt2 (GPT2LMHeadModel) and --arch llama (LlamaForCausalLM) only; "
+                     f"this model has {differ}, which neither Hugging Face class computes")
+
+
+def to_llama_state_dict(state_dict, config, dtype=torch.float32):
+    """Our --arch llama state_dict -> LlamaForCausalLM's (the inverse of model.llama_to_our_state_dict), vocab
+    cropped to 50257."""
+    state, C = clean_state_dict(state_dict), config.n_embd
+    if config.vocab_size < GPT2_VOCAB_SIZE:
+        raise ValueError(f"the model's vocab_size is {config.vocab_size}, smaller than GPT-2's {GPT2_VOCAB_SIZE}: "
+                         f"it was not trained on GPT-2 tokens and cannot use the GPT-2 tokenizer")
+    hf = {"model.embed_tokens.weight": state["transformer.wte.weight"][:GPT2_VOCAB_SIZE],
+          "model.norm.weight": state["transformer.ln_f.weight"]}
+    if not config.tie_head:
+        hf["lm_head.weight"] = state["lm_head.weight"][:GPT2_VOCAB_SIZE]
+    for i in range(config.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        for our_name, hf_name in LLAMA_BLOCK_NAMES.items():
+            hf[theirs + hf_name] = state[ours + our_name]
+        for name, part in zip("qkv", state[ours + "attn.c_attn.weight"].split(C)):
+            hf[f"{theirs}self_attn.{name}_proj.weight"] = part
+        for name, part in zip(("gate", "up"), state[ours + "mlp.c_fc.weight"].chunk(2)):
+            hf[f"{theirs}mlp.{name}_proj.weight"] = part
+    return {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in hf.items()}
+
+
+def llama_hf_config(config, dtype_name="float32"):
+    """config.json for LlamaForCausalLM: one key/value head per head, RoPE without scaling (rope_theta for
+    transformers < 5, rope_parameters for 5), no biases, SiLU gate, our RMSNorm epsilon."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": GPT2_VOCAB_SIZE,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.mlp_hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_head,
+        "head_dim": config.n_embd // config.n_head,
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": RMSNorm(1).eps,
+        "rope_theta": config.rope_base,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},
+        "rope_scaling": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+        "use_cache": True,
+        "bos_token_id": EOT,
+        "eos_token_id": EOT,
+        "tie_word_embeddings": config.tie_head,
+        "torch_dtype": dtype_name,
+    }
 
 
 def hf_config(config, dtype_name="float32"):
@@ -157,13 +232,17 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False):
         raise ValueError(f"{checkpoint_path} is a pruned model ({model.config.heads_per_layer()} heads per layer); "
                          f"Hugging Face's GPT-2 has n_head heads in every layer, so it cannot hold it")
     config = dataclasses.asdict(model.config)
-    hf_state = to_hf_state_dict(model.state_dict(), DTYPES[dtype])
+    if hf_class(model.config) == "llama":
+        hf_state, config_json = to_llama_state_dict(model.state_dict(), model.config, DTYPES[dtype]), \
+            llama_hf_config(model.config, dtype)
+    else:
+        hf_state, config_json = to_hf_state_dict(model.state_dict(), DTYPES[dtype]), hf_config(config, dtype)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp")
     try:
         save_file(hf_state, os.path.join(tmp_dir, "model.safetensors"), metadata={"format": "pt"})
-        write_json(os.path.join(tmp_dir, "config.json"), hf_config(config, dtype))
+        write_json(os.path.join(tmp_dir, "config.json"), config_json)
         write_json(os.path.join(tmp_dir, "generation_config.json"), {"bos_token_id": EOT, "eos_token_id": EOT})
         write_tokenizer(tmp_dir, config["block_size"])
         make_readable(tmp_dir)

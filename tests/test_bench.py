@@ -264,3 +264,15 @@ def test_suite_without_a_gpu_or_smoke_is_one_line_error():
     assert result.returncode == 2
     assert result.stderr.strip() == "error: the suite measures the GPU path: run it on a GPU, or add --smoke for the " \
                                     "CPU version"
+
+
+def test_arch_sets_the_model_and_its_flops():
+    from model import flops_per_token
+    llama = tiny_args("--arch", "llama").config
+    assert (llama.mlp, llama.pos_emb, llama.bias) == ("swiglu", "rope", False) and llama.mlp_hidden > 0
+    gpt2 = tiny_args().config
+    assert flops_per_token(llama, 16) - flops_per_token(gpt2, 16) == 6 * 2 * 32 * (3 * llama.mlp_hidden - 2 * 128)
+    result = run_bench(*SMALL, "--arch", "modern", "--steps", "2", "--warmup", "1")
+    assert result.returncode == 0, result.stderr
+    assert "arch modern (relu2 MLP of width 128)" in result.stdout
+    assert f"flops/token: {flops_per_token(tiny_args('--arch', 'modern').config, 16):.4g} " in result.stdout

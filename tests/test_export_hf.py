@@ -170,4 +170,66 @@ def test_refuses_a_pruned_model(tmp_path):
     torch.save({"model": GPT(config).state_dict(), "config": dataclasses.asdict(config)}, tmp_path / "model.pt")
     with pytest.raises(ValueError, match="pruned model"):
         export(str(tmp_path / "model.pt"), str(tmp_path / "hf"))
+
+
+# -----------------------------------------------------------------------------
+# --arch llama as LlamaForCausalLM; the other archs are refused in one line
+
+def save_tiny_arch_checkpoint(path, arch, seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = GPTConfig.preset("gpt2", arch=arch, **{**TINY, **overrides})
+    model = GPT(config)
+    with torch.no_grad():  # random norm gains, so that a swapped or missing norm shows in the logits
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.normal_(1.0, 0.1)
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(config), "step": 7}, path)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def exported_llama(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp("llama")
+    checkpoint, out_dir = str(root / "model_00007.pt"), str(root / "hf")
+    model = save_tiny_arch_checkpoint(checkpoint, "llama", tie_head=request.param, rope_base=500000.0)
+    result = run_script("export_hf.py", checkpoint, out_dir)
+    assert result.returncode == 0, result.stderr
+    return model, checkpoint, out_dir
+
+
+def test_llama_export_loads_in_transformers_and_the_logits_match(exported_llama):
+    from transformers import LlamaForCausalLM
+    model, _, out_dir = exported_llama
+    config = json.load(open(os.path.join(out_dir, "config.json")))
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["intermediate_size"] == model.config.mlp_hidden
+    assert config["tie_word_embeddings"] is model.config.tie_head and config["rope_theta"] == 500000.0
+    hf_model, info = LlamaForCausalLM.from_pretrained(out_dir, output_loading_info=True)
+    assert not any(info.values()), info
+    hf_model.eval()
+    idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(idx).logits, model(idx)[0][..., :50257], atol=1e-5, rtol=1e-4)
+    weights = load_file(os.path.join(out_dir, "model.safetensors"))
+    assert ("lm_head.weight" in weights) is not model.config.tie_head
+
+
+def test_llama_export_round_trips_through_our_from_pretrained(exported_llama):
+    model, _, out_dir = exported_llama
+    reloaded = GPT.from_pretrained(out_dir).eval()
+    assert (reloaded.config.pos_emb, reloaded.config.rope_base, reloaded.config.tie_head) == (
+        "rope", 500000.0, model.config.tie_head)
+    idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(idx)[0], model(idx)[0][..., :50257], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["modern", "postln"])
+def test_other_archs_are_refused_in_one_line(tmp_path, arch):
+    checkpoint = str(tmp_path / "model.pt")
+    save_tiny_arch_checkpoint(checkpoint, arch)
+    result = run_script("export_hf.py", checkpoint, str(tmp_path / "hf"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: export_hf.py writes --arch gpt2 (GPT2LMHeadModel) and --arch llama "
+                                    "(LlamaForCausalLM) only; this model has ")
+    assert ("norm_position=post" if arch == "postln" else "qk_norm=True") in result.stderr
     assert not os.path.exists(tmp_path / "hf")
