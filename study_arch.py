@@ -1,0 +1,159 @@
+"""
+The architecture study of README's "Studies: architectures and Post-LN", on the --demo corpus
+(`python fineweb.py --demo`), on CPU. Each run is `python train_gpt2.py --demo ...` as a subprocess, one at a time.
+
+    python study_arch.py recipes     # gpt2/AdamW/cosine vs llama vs modern vs modern+Muon+WSD, 3 seeds each
+    python study_arch.py postln      # Post-LN vs Pre-LN: LR {1x, 3x, 10x} x warmup {0, default} x 3 seeds
+
+Recipes: final val loss (mean ± std over seeds), step time against gpt2's (median dt of each run's steps, mean
+over seeds), and the first evaluated step at which each run's val loss reaches gpt2's mean final val loss.
+Post-LN: a run diverged if it stopped on --max-bad-steps (exit 3) or ended with a val loss above its step-0 val
+loss; with the rate of that, the max gradient norm (before clipping) and the final val loss.
+Writes {out}/{study}.json and {out}/{study}.md (the tables README quotes), and the run directories under {out}.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+RECIPES = {  # name -> train_gpt2.py flags on top of --demo
+    "gpt2": ["--arch", "gpt2"],
+    "llama": ["--arch", "llama"],
+    "modern": ["--arch", "modern"],
+    "modern+muon+wsd": ["--arch", "modern", "--optimizer", "muon", "--schedule", "wsd"],
+}
+DEMO_LR, DEMO_MIN_LR, DEMO_WARMUP = 3e-3, 3e-4, 20  # train_gpt2.DEMO_PRESET's, scaled together below
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("study", choices=["recipes", "postln"], help="which study to run")
+    parser.add_argument("--data-dir", default="demo_shards", help="the --demo shards")
+    parser.add_argument("--out-dir", default="log/study_arch", help="run directories, JSON and markdown go here")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338, 1339], help="one run per seed")
+    parser.add_argument("--max-steps", type=int, default=150, help="steps per run (the --demo preset's 150)")
+    parser.add_argument("--eval-every", type=int, default=10, help="steps between val losses")
+    parser.add_argument("--lr-factors", type=float, nargs="+", default=[1.0, 3.0, 10.0], help="postln: x the "
+                        f"demo's --max-lr {DEMO_LR} and --min-lr {DEMO_MIN_LR}")
+    parser.add_argument("--warmups", type=int, nargs="+", default=[0, DEMO_WARMUP], help="postln: --warmup-steps")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
+    return parser.parse_args(argv)
+
+
+def train(args, name, flags):
+    """One train_gpt2.py run (skipped if its result is already there) -> its measurements."""
+    log_dir = os.path.join(args.out_dir, args.study, name)
+    result_path = os.path.join(log_dir, "result.json")
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            return json.load(f)
+    os.makedirs(log_dir, exist_ok=True)
+    for stale in ("log.txt", "metrics.jsonl"):
+        if os.path.exists(os.path.join(log_dir, stale)):
+            os.remove(os.path.join(log_dir, stale))
+    cmd = [sys.executable, os.path.join(ROOT, "train_gpt2.py"), "--demo", "--data-dir", args.data_dir, "--log-dir",
+           log_dir, "--resume", "none", "--max-steps", str(args.max_steps), "--eval-every", str(args.eval_every),
+           "--sample-every", "0", "--checkpoint-every", "0"] + flags
+    print(" ".join(cmd[1:]), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode not in (0, 3):  # 3: stopped on --max-bad-steps, a result of the study
+        raise RuntimeError(f"{name} failed with exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    steps = [(int(s), float(norm), float(dt)) for s, norm, dt in
+             re.findall(r"^step +(\d+) \| loss \S+ \| lr \S+ \| norm (\S+) \| dt ([\d.]+)ms", proc.stdout, re.M)]
+    val = {int(s): float(v) for s, v in re.findall(r"^(\d+) val (\S+)$", open(os.path.join(log_dir, "log.txt")).read(),
+                                                   re.M)}
+    params = int(re.search(r"\}: ([\d,]+) parameters", proc.stdout).group(1).replace(",", ""))
+    result = dict(name=name, flags=flags, returncode=proc.returncode, val=val,
+                  final_val=val.get(args.max_steps), start_val=val.get(0),
+                  max_norm=max((n for _, n, _ in steps), default=None),
+                  median_dt_ms=statistics.median(dt for s, _, dt in steps if s >= 5) if len(steps) > 5 else None,
+                  params=params, skipped=proc.stderr.count("update skipped"))
+    with open(result_path, "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def recipes(args):
+    runs = {name: [train(args, f"{name}-s{seed}", flags + ["--seed", str(seed)]) for seed in args.seeds]
+            for name, flags in RECIPES.items()}
+    target = mean_std([r["final_val"] for r in runs["gpt2"]])[0]
+    gpt2_dt = mean_std([r["median_dt_ms"] for r in runs["gpt2"]])[0]
+    rows = []
+    for name, results in runs.items():
+        reached = [next((s for s, v in sorted(r["val"].items()) if v <= target), None) for r in results]
+        mean, std = mean_std([r["final_val"] for r in results])
+        rows.append(dict(recipe=name, flags=" ".join(RECIPES[name]), final_val_mean=mean, final_val_std=std,
+                         final_vals=[r["final_val"] for r in results], params=results[0]["params"],
+                         step_time_ratio=mean_std([r["median_dt_ms"] for r in results])[0] / gpt2_dt,
+                         steps_to_gpt2_final=reached))
+    lines = [f"Target: gpt2's mean final val loss {target:.4f} at step {args.max_steps}; val every {args.eval_every} "
+             f"steps; seeds {' '.join(map(str, args.seeds))}.", "",
+             "| recipe | parameters | final val (mean ± std) | step time vs gpt2 | step reaching gpt2's final val |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        reached = ", ".join("never" if s is None else str(s) for s in row["steps_to_gpt2_final"])
+        lines.append(f"| {row['recipe']} | {row['params']:,} | {row['final_val_mean']:.4f} ± {row['final_val_std']:.4f} "
+                     f"| {row['step_time_ratio']:.2f}x | {reached} |")
+    return dict(target=target, rows=rows, runs=runs), lines
+
+
+def postln(args):
+    rows, runs = [], {}
+    for position in ("pre", "post"):
+        for factor in args.lr_factors:
+            for warmup in args.warmups:
+                flags = ["--norm-position", position, "--max-lr", f"{DEMO_LR * factor:g}", "--min-lr",
+                         f"{DEMO_MIN_LR * factor:g}", "--warmup-steps", str(warmup)]
+                results = [train(args, f"{position}-lr{factor:g}x-w{warmup}-s{seed}", flags + ["--seed", str(seed)])
+                           for seed in args.seeds]
+                diverged = [r["returncode"] == 3 or r["final_val"] is None or r["final_val"] > r["start_val"]
+                            for r in results]
+                mean, std = mean_std([r["final_val"] for r in results])
+                rows.append(dict(norm_position=position, lr_factor=factor, max_lr=DEMO_LR * factor, warmup=warmup,
+                                 diverged=sum(diverged), runs=len(results),
+                                 max_grad_norm=max(r["max_norm"] for r in results if r["max_norm"] is not None),
+                                 final_val_mean=mean, final_val_std=std, skipped_steps=sum(r["skipped"] for r in results)))
+                runs[f"{position}-lr{factor:g}x-w{warmup}"] = results
+    lines = ["| norm | max LR | warmup | diverged | max grad norm | final val (mean ± std) | skipped steps |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        val = "—" if row["final_val_mean"] is None else f"{row['final_val_mean']:.4f} ± {row['final_val_std']:.4f}"
+        lines.append(f"| {row['norm_position']}-LN | {row['max_lr']:g} ({row['lr_factor']:g}x) | {row['warmup']} | "
+                     f"{row['diverged']}/{row['runs']} | {row['max_grad_norm']:.2f} | {val} | {row['skipped_steps']} |")
+    return dict(rows=rows, runs=runs), lines
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not os.path.isdir(args.data_dir):
+        raise FileNotFoundError(f"{args.data_dir} does not exist: run `python fineweb.py --demo` first")
+    summary, lines = (recipes if args.study == "recipes" else postln)(args)
+    summary["command"] = " ".join(["python", "study_arch.py"] + (argv if argv is not None else sys.argv[1:]))
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, f"{args.study}.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    with open(os.path.join(args.out_dir, f"{args.study}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
