@@ -13,6 +13,7 @@ Writes {out}/{study}.json and {out}/{study}.md (the tables README quotes), and t
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -39,10 +40,13 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338, 1339], help="one run per seed")
     parser.add_argument("--max-steps", type=int, default=150, help="steps per run (the --demo preset's 150)")
     parser.add_argument("--eval-every", type=int, default=10, help="steps between val losses")
+    parser.add_argument("--val-tokens", type=int, default=8192, help="val tokens per evaluation (the demo's 8192)")
     parser.add_argument("--lr-factors", type=float, nargs="+", default=[1.0, 3.0, 10.0], help="postln: x the "
                         f"demo's --max-lr {DEMO_LR} and --min-lr {DEMO_MIN_LR}")
     parser.add_argument("--warmups", type=int, nargs="+", default=[0, DEMO_WARMUP], help="postln: --warmup-steps")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (step times are then measured under "
+                        "each other's load too)")
     return parser.parse_args(argv)
 
 
@@ -59,6 +63,7 @@ def train(args, name, flags):
             os.remove(os.path.join(log_dir, stale))
     cmd = [sys.executable, os.path.join(ROOT, "train_gpt2.py"), "--demo", "--data-dir", args.data_dir, "--log-dir",
            log_dir, "--resume", "none", "--max-steps", str(args.max_steps), "--eval-every", str(args.eval_every),
+           "--val-tokens", str(args.val_tokens),
            "--sample-every", "0", "--checkpoint-every", "0"] + flags
     print(" ".join(cmd[1:]), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -80,6 +85,12 @@ def train(args, name, flags):
     return result
 
 
+def train_all(args, runs):
+    """[(name, flags)] -> their results, in order, --jobs at a time."""
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        return list(pool.map(lambda run: train(args, *run), runs))
+
+
 def mean_std(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -88,8 +99,9 @@ def mean_std(values):
 
 
 def recipes(args):
-    runs = {name: [train(args, f"{name}-s{seed}", flags + ["--seed", str(seed)]) for seed in args.seeds]
-            for name, flags in RECIPES.items()}
+    plan = [(f"{name}-s{seed}", flags + ["--seed", str(seed)]) for name, flags in RECIPES.items() for seed in args.seeds]
+    results = iter(train_all(args, plan))
+    runs = {name: [next(results) for _ in args.seeds] for name in RECIPES}
     target = mean_std([r["final_val"] for r in runs["gpt2"]])[0]
     gpt2_dt = mean_std([r["median_dt_ms"] for r in runs["gpt2"]])[0]
     rows = []
@@ -113,21 +125,21 @@ def recipes(args):
 
 def postln(args):
     rows, runs = [], {}
-    for position in ("pre", "post"):
-        for factor in args.lr_factors:
-            for warmup in args.warmups:
-                flags = ["--norm-position", position, "--max-lr", f"{DEMO_LR * factor:g}", "--min-lr",
-                         f"{DEMO_MIN_LR * factor:g}", "--warmup-steps", str(warmup)]
-                results = [train(args, f"{position}-lr{factor:g}x-w{warmup}-s{seed}", flags + ["--seed", str(seed)])
-                           for seed in args.seeds]
-                diverged = [r["returncode"] == 3 or r["final_val"] is None or r["final_val"] > r["start_val"]
-                            for r in results]
-                mean, std = mean_std([r["final_val"] for r in results])
-                rows.append(dict(norm_position=position, lr_factor=factor, max_lr=DEMO_LR * factor, warmup=warmup,
-                                 diverged=sum(diverged), runs=len(results),
-                                 max_grad_norm=max(r["max_norm"] for r in results if r["max_norm"] is not None),
-                                 final_val_mean=mean, final_val_std=std, skipped_steps=sum(r["skipped"] for r in results)))
-                runs[f"{position}-lr{factor:g}x-w{warmup}"] = results
+    cells = [(position, factor, warmup) for position in ("pre", "post") for factor in args.lr_factors
+             for warmup in args.warmups]
+    plan = [(f"{position}-lr{factor:g}x-w{warmup}-s{seed}", ["--norm-position", position, "--max-lr",
+             f"{DEMO_LR * factor:g}", "--min-lr", f"{DEMO_MIN_LR * factor:g}", "--warmup-steps", str(warmup),
+             "--seed", str(seed)]) for position, factor, warmup in cells for seed in args.seeds]
+    all_results = iter(train_all(args, plan))
+    for position, factor, warmup in cells:
+        results = [next(all_results) for _ in args.seeds]
+        diverged = [r["returncode"] == 3 or r["final_val"] is None or not r["final_val"] <= r["start_val"] for r in results]
+        mean, std = mean_std([r["final_val"] for r in results])
+        rows.append(dict(norm_position=position, lr_factor=factor, max_lr=DEMO_LR * factor, warmup=warmup,
+                         diverged=sum(diverged), runs=len(results),
+                         max_grad_norm=max(r["max_norm"] for r in results if r["max_norm"] is not None),
+                         final_val_mean=mean, final_val_std=std, skipped_steps=sum(r["skipped"] for r in results)))
+        runs[f"{position}-lr{factor:g}x-w{warmup}"] = results
     lines = ["| norm | max LR | warmup | diverged | max grad norm | final val (mean ± std) | skipped steps |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
