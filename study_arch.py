@@ -56,7 +56,9 @@ def train(args, name, flags):
     result_path = os.path.join(log_dir, "result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
-            return json.load(f)
+            result = json.load(f)
+        result["val"] = {int(step): loss for step, loss in result["val"].items()}  # JSON keys are strings
+        return result
     os.makedirs(log_dir, exist_ok=True)
     for stale in ("log.txt", "metrics.jsonl"):
         if os.path.exists(os.path.join(log_dir, stale)):
