@@ -389,15 +389,15 @@ def test_compiled_ddp_run_does_val_hellaswag_and_samples(tmp_path, data_dir):
     assert sorted(log["val"]) == sorted(log["hella"]) == [0, 2, 4]
     assert len(re.findall(r"hellaswag acc [\d.]+ acc_norm [\d.]+ harness acc [\d.]+ acc_norm [\d.]+ \(n=6\)",
                           result.stdout)) == 3  # each rank scored 3 examples, the counts were summed
-    samples = re.findall(r"^sample \d: (.*)$", result.stdout, re.MULTILINE)  # repr() of each text
-    assert len(samples) == 8 and all(s[1:].startswith("Hello, I'm a language model,") for s in samples)
+    assert len(re.findall(r"^sample \d: .*$", result.stdout, re.MULTILINE)) == 8  # repr() of each text
     records = read_metrics(log_dir)  # rank 0 alone writes it
     assert [r["step"] for r in records if r["kind"] == "hellaswag"] == [0, 2, 4]
     assert all(r["n"] == 6 and set(r) >= {"acc", "acc_norm", "harness_acc", "harness_acc_norm"}
                for r in records if r["kind"] == "hellaswag")
     sampled = [r for r in records if r["kind"] == "samples"]
     assert [r["step"] for r in sampled] == [2, 4] and all(len(r["samples"]) == 4 for r in sampled)
-    assert sampled[0]["samples"][0].startswith("Hello, I'm a language model,")
+    # the texts themselves (a repr() quotes a text holding both ' and " differently)
+    assert all(text.startswith("Hello, I'm a language model,") for r in sampled for text in r["samples"])
 
 
 def test_hellaswag_unavailable_offline_is_a_warning(tmp_path, data_dir):
