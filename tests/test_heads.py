@@ -37,7 +37,8 @@ def copy_head(attn, source, target):
             rows_from = slice(part * width + source * hs, part * width + (source + 1) * hs)
             rows_to = slice(part * width + target * hs, part * width + (target + 1) * hs)
             attn.c_attn.weight[rows_to] = attn.c_attn.weight[rows_from]
-            attn.c_attn.bias[rows_to] = attn.c_attn.bias[rows_from]
+            if attn.c_attn.bias is not None:
+                attn.c_attn.bias[rows_to] = attn.c_attn.bias[rows_from]
         attn.c_proj.weight[:, target * hs:(target + 1) * hs] = attn.c_proj.weight[:, source * hs:(source + 1) * hs]
 
 
@@ -261,3 +262,30 @@ def test_windows_from_val_shards_and_from_a_text_file(tmp_path):
     (tmp_path / "t.txt").write_text("hello world, " * 100)
     windows, _ = heads.text_windows(str(tmp_path / "t.txt"), 64, 32)
     assert windows.shape == (2, 33)
+
+
+@pytest.mark.parametrize("arch", ["llama", "modern", "postln"])
+def test_other_architectures_slice_mask_and_keep_attention_alike(arch):
+    from model import ARCHS
+    model = tiny_model(seed=7, n_head=4, **ARCHS[arch])  # RoPE, QK-norm, no biases, untied head, post-LN
+    with torch.no_grad():
+        for block in model.transformer.h:  # zero_init_proj would make every head's output 0
+            torch.nn.init.normal_(block.attn.c_proj.weight, std=0.02)
+            block.attn.c_attn.weight.mul_(20)  # sharp attention: heads that are not copies differ
+    copy_head(model.transformer.h[1].attn, source=0, target=2)
+    windows = random_windows()
+    x = windows[:, :-1]
+    logits = model(x)[0]
+    for block in model.transformer.h:
+        block.attn.keep_attention = True
+    torch.testing.assert_close(model(x)[0], logits, atol=1e-5, rtol=1e-5)  # RoPE and QK-norm come before it
+    for block in model.transformer.h:
+        block.attn.keep_attention, block.attn.attention = False, None
+    similarity = heads.head_similarity(model, windows, 3, "cpu", "fp32")
+    for kind in ("attention", "output"):
+        assert similarity[kind][1, 0, 2].item() == pytest.approx(1.0, abs=1e-5), kind
+    ev = evaluator(model, windows)
+    removed = {(0, 1), (1, 0), (1, 3)}
+    pruned = heads.without_heads(model, removed)
+    assert evaluator(pruned, windows).loss() == pytest.approx(ev.loss(ev.mask(removed)), abs=1e-5)
+    assert torch.equal(pruned.generate(x[:1, :5], 6, temperature=0)[:, :5], x[:1, :5])  # the KV cache with RoPE
