@@ -45,6 +45,8 @@ def parse_args(argv=None):
                         f"demo's --max-lr {DEMO_LR} and --min-lr {DEMO_MIN_LR}")
     parser.add_argument("--warmups", type=int, nargs="+", default=[0, DEMO_WARMUP], help="postln: --warmup-steps")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
+    parser.add_argument("--collect", action="store_true", help="run nothing: tabulate the runs already done, "
+                        "leaving out the ones that are not")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (step times are then measured under "
                         "each other's load too)")
     return parser.parse_args(argv)
@@ -54,6 +56,8 @@ def train(args, name, flags):
     """One train_gpt2.py run (skipped if its result is already there) -> its measurements."""
     log_dir = os.path.join(args.out_dir, args.study, name)
     result_path = os.path.join(log_dir, "result.json")
+    if args.collect and not os.path.exists(result_path):
+        return None
     if os.path.exists(result_path):
         with open(result_path) as f:
             result = json.load(f)
@@ -103,7 +107,8 @@ def mean_std(values):
 def recipes(args):
     plan = [(f"{name}-s{seed}", flags + ["--seed", str(seed)]) for name, flags in RECIPES.items() for seed in args.seeds]
     results = iter(train_all(args, plan))
-    runs = {name: [next(results) for _ in args.seeds] for name in RECIPES}
+    runs = {name: [r for r in (next(results) for _ in args.seeds) if r] for name in RECIPES}
+    runs = {name: results for name, results in runs.items() if results}
     target = mean_std([r["final_val"] for r in runs["gpt2"]])[0]
     gpt2_dt = mean_std([r["median_dt_ms"] for r in runs["gpt2"]])[0]
     rows = []
@@ -111,16 +116,18 @@ def recipes(args):
         reached = [next((s for s, v in sorted(r["val"].items()) if v <= target), None) for r in results]
         mean, std = mean_std([r["final_val"] for r in results])
         rows.append(dict(recipe=name, flags=" ".join(RECIPES[name]), final_val_mean=mean, final_val_std=std,
+                         seeds=[int(r["name"].rsplit("-s", 1)[1]) for r in results],
                          final_vals=[r["final_val"] for r in results], params=results[0]["params"],
                          step_time_ratio=mean_std([r["median_dt_ms"] for r in results])[0] / gpt2_dt,
                          steps_to_gpt2_final=reached))
     lines = [f"Target: gpt2's mean final val loss {target:.4f} at step {args.max_steps}; val every {args.eval_every} "
-             f"steps; seeds {' '.join(map(str, args.seeds))}.", "",
-             "| recipe | parameters | final val (mean ± std) | step time vs gpt2 | step reaching gpt2's final val |",
-             "|---|---|---|---|---|"]
+             f"steps; the seeds column counts each recipe's runs (seeds from {args.seeds[0]}).", "",
+             "| recipe | seeds | parameters | final val (mean ± std) | step time vs gpt2 | step reaching gpt2's final val |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         reached = ", ".join("never" if s is None else str(s) for s in row["steps_to_gpt2_final"])
-        lines.append(f"| {row['recipe']} | {row['params']:,} | {row['final_val_mean']:.4f} ± {row['final_val_std']:.4f} "
+        spread = f" ± {row['final_val_std']:.4f}" if len(row["seeds"]) > 1 else " (one run)"
+        lines.append(f"| {row['recipe']} | {len(row['seeds'])} | {row['params']:,} | {row['final_val_mean']:.4f}{spread} "
                      f"| {row['step_time_ratio']:.2f}x | {reached} |")
     return dict(target=target, rows=rows, runs=runs), lines
 
@@ -134,7 +141,9 @@ def postln(args):
              "--seed", str(seed)]) for position, factor, warmup in cells for seed in args.seeds]
     all_results = iter(train_all(args, plan))
     for position, factor, warmup in cells:
-        results = [next(all_results) for _ in args.seeds]
+        results = [r for r in (next(all_results) for _ in args.seeds) if r]
+        if not results:
+            continue
         diverged = [r["returncode"] == 3 or r["final_val"] is None or not r["final_val"] <= r["start_val"] for r in results]
         mean, std = mean_std([r["final_val"] for r in results])
         rows.append(dict(norm_position=position, lr_factor=factor, max_lr=DEMO_LR * factor, warmup=warmup,
@@ -145,7 +154,8 @@ def postln(args):
     lines = ["| norm | max LR | warmup | diverged | max grad norm | final val (mean ± std) | skipped steps |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
-        val = "—" if row["final_val_mean"] is None else f"{row['final_val_mean']:.4f} ± {row['final_val_std']:.4f}"
+        val = "—" if row["final_val_mean"] is None else f"{row['final_val_mean']:.4f}" + (
+            f" ± {row['final_val_std']:.4f}" if row["runs"] > 1 else "")
         lines.append(f"| {row['norm_position']}-LN | {row['max_lr']:g} ({row['lr_factor']:g}x) | {row['warmup']} | "
                      f"{row['diverged']}/{row['runs']} | {row['max_grad_norm']:.2f} | {val} | {row['skipped_steps']} |")
     return dict(rows=rows, runs=runs), lines
