@@ -16,12 +16,13 @@ import lm_eval  # requirements-dev.txt installs it (via requirements-eval.txt)
 import fineweb
 import hellaswag
 import sample
-from model import GPT, GPTConfig
+from model import ARCHS, GPT, GPTConfig
 from test_hellaswag import FIXTURE, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)  # padded vocab, like training
 SEEDS = [0, 1]
+ARCH = {0: "gpt2", 1: "modern"}  # the second random model: RoPE, RMSNorm, ReLU^2, QK-norm, untied head, no biases
 EOT = 50256
 
 # perplexity documents: one shorter than block_size, one a few windows long, one with odd whitespace
@@ -36,7 +37,7 @@ MAX_GEN_TOKS = 16
 
 def tiny_checkpoint(directory, seed):
     torch.manual_seed(seed)
-    config = GPTConfig(**TINY)
+    config = GPTConfig(**TINY, **ARCHS[ARCH[seed]])
     model = GPT(config)
     if seed == 0:  # a sharper distribution than the N(0, 0.02) init: scores far apart (as in test_hellaswag.py)
         torch.nn.init.normal_(model.transformer.wte.weight, std=0.5)
