@@ -454,34 +454,45 @@ def download_shards(repo, out_dir, revision=None, max_shards=None, workers=8, ve
     return paths
 
 # -----------------------------------------------------------------------------
-# reading shards back (heads.py): .npy shards and llm.c's .bin (a 256 x int32 header, then uint16 tokens)
+# reading shards back (train_gpt2.py, heads.py): .npy shards and llm.c's .bin (a 256 x int32 header, then uint16
+# tokens)
 
 BIN_MAGIC, BIN_VERSION, BIN_HEADER_INTS = 20240520, 1, 256
 
 
 def list_shards(data_dir, split):
-    """A split's shard paths in name order ('val' or 'train' in the file name)."""
-    names = sorted(n for n in os.listdir(data_dir) if split in n and n.endswith(SHARD_SUFFIXES)) \
-        if os.path.isdir(data_dir) else []
+    """A split's shard paths in name order ('val' or 'train' in the file name). FileNotFoundError if none."""
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data dir {data_dir} does not exist: create the shards with `python fineweb.py` "
+                                f"(`python fineweb.py --demo` for --demo) or point --data-dir at them")
+    names = sorted(n for n in os.listdir(data_dir) if split in n and n.endswith(SHARD_SUFFIXES))
     if not names:
         raise FileNotFoundError(f"{data_dir} holds no {split} shards (*{split}*.npy or *{split}*.bin): create them "
-                                f"with `python fineweb.py` (`python fineweb.py --demo` for the demo)")
+                                f"with `python fineweb.py` (`python fineweb.py --demo` for --demo)")
     return [os.path.join(data_dir, n) for n in names]
 
 
 def open_shard(path):
-    """A shard's tokens as a read-only uint16 memmap."""
+    """A shard's tokens as a read-only uint16 memmap: pages are read on demand, never the whole shard.
+    ValueError for a file that is not a complete shard of uint16 tokens."""
     if path.endswith(".bin"):
         header = np.fromfile(path, dtype=np.int32, count=BIN_HEADER_INTS)
         if len(header) < BIN_HEADER_INTS or header[0] != BIN_MAGIC or header[1] != BIN_VERSION:
-            raise ValueError(f"{path} is not an llm.c shard of uint16 tokens (wrong magic number or version)")
-        n_tokens = int(header[2])
-        if os.path.getsize(path) != 4 * BIN_HEADER_INTS + 2 * n_tokens:
-            raise ValueError(f"{path} is truncated: its header promises {n_tokens} tokens")
+            raise ValueError(f"{path} is not an llm.c token shard of uint16 GPT-2 tokens (wrong magic number or "
+                             f"version: expected {BIN_MAGIC} and {BIN_VERSION})")
+        n_tokens, size = int(header[2]), os.path.getsize(path)
+        if size != 4 * BIN_HEADER_INTS + 2 * n_tokens:
+            raise ValueError(f"{path} is truncated or corrupt: its header promises {n_tokens} tokens, the file "
+                             f"has {size} bytes; re-create it")
         return np.memmap(path, dtype=np.uint16, mode="r", offset=4 * BIN_HEADER_INTS, shape=(n_tokens,))
-    tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable .npy shard, truncated or corrupt ({e}); "
+                         f"re-create it with fineweb.py") from None
     if tokens.dtype != np.uint16 or tokens.ndim != 1:
-        raise ValueError(f"{path} holds a {tokens.dtype} array of shape {tokens.shape}, not 1-D uint16 tokens")
+        raise ValueError(f"{path} holds a {tokens.dtype} array of shape {tokens.shape}, expected 1-D uint16 "
+                         f"GPT-2 tokens; re-create it with fineweb.py")
     return tokens
 
 

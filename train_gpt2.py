@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import fineweb
 import hardware
 import memory
 from distributed import destroy_process_group, init_process_group
@@ -181,42 +182,16 @@ def check_args(args, config, world_size):
 # -----------------------------------------------------------------------------
 # data: uint16 token shards read through memory maps
 
-BIN_MAGIC, BIN_VERSION, BIN_HEADER_INTS = 20240520, 1, 256  # llm.c's .bin shard header
 DATA_ORDER = "mix64-sort-v1"  # names the shuffle below in checkpoints: a resume refuses any other
 
 
-def list_shards(data_dir, split):
-    if not os.path.isdir(data_dir):
-        raise FatalError(f"data dir {data_dir} does not exist: create the shards with `python fineweb.py` "
-                         f"(`python fineweb.py --demo` for --demo) or point --data-dir at them")
-    names = sorted(n for n in os.listdir(data_dir) if split in n and n.endswith((".npy", ".bin")))
-    if not names:
-        raise FatalError(f"{data_dir} holds no {split} shards (*{split}*.npy or *{split}*.bin): create them with "
-                         f"`python fineweb.py` (`python fineweb.py --demo` for --demo)")
-    return [os.path.join(data_dir, n) for n in names]
-
-
-def open_shard(path):
-    """A shard's tokens as a read-only uint16 memmap: pages are read on demand, never the whole shard."""
-    if path.endswith(".bin"):
-        header = np.fromfile(path, dtype=np.int32, count=BIN_HEADER_INTS)
-        if len(header) < BIN_HEADER_INTS or header[0] != BIN_MAGIC or header[1] != BIN_VERSION:
-            raise FatalError(f"{path} is not an llm.c token shard of uint16 GPT-2 tokens (wrong magic number or "
-                             f"version: expected {BIN_MAGIC} and {BIN_VERSION})")
-        n_tokens, size = int(header[2]), os.path.getsize(path)
-        if size != 4 * BIN_HEADER_INTS + 2 * n_tokens:
-            raise FatalError(f"{path} is truncated or corrupt: its header promises {n_tokens} tokens, the file "
-                             f"has {size} bytes; re-create it")
-        return np.memmap(path, dtype=np.uint16, mode="r", offset=4 * BIN_HEADER_INTS, shape=(n_tokens,))
+def open_split(data_dir, split):
+    """A split's shard paths and their tokens as memmaps (fineweb.py's readers), or one FatalError line."""
     try:
-        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as e:
-        raise FatalError(f"{path} is not a readable .npy shard, truncated or corrupt ({e}); "
-                         f"re-create it with fineweb.py") from None
-    if tokens.dtype != np.uint16 or tokens.ndim != 1:
-        raise FatalError(f"{path} holds a {tokens.dtype} array of shape {tokens.shape}, expected 1-D uint16 "
-                         f"GPT-2 tokens; re-create it with fineweb.py")
-    return tokens
+        paths = fineweb.list_shards(data_dir, split)
+        return paths, [fineweb.open_shard(path) for path in paths]
+    except (OSError, ValueError) as e:
+        raise FatalError(str(e)) from None
 
 
 MASK64 = 2**64 - 1
@@ -258,8 +233,7 @@ class ShardLoader:
                  vocab_size=None):
         self.B, self.T, self.rank, self.world_size = batch_size, seq_len, rank, world_size
         self.seed, self.shuffle, self.vocab_size, self.checked = seed, shuffle, vocab_size, set()
-        self.paths = list_shards(data_dir, split)
-        self.shards = [open_shard(path) for path in self.paths]
+        self.paths, self.shards = open_split(data_dir, split)
         self.counts = [max(0, len(tokens) - 1) // seq_len for tokens in self.shards]  # a 0 never gets a slot
         self.windows_per_epoch = sum(self.counts)
         if self.windows_per_epoch < batch_size:
@@ -702,7 +676,6 @@ def main(argv=None):
     hellaswag_examples = load_hellaswag(rank, world_size, device) if args.hellaswag_every and vocab_ok else None
     enc = None
     if args.sample_every and vocab_ok and (master or everyone):
-        import fineweb
         enc = fineweb.get_tokenizer()
     if master and not vocab_ok and (args.hellaswag_every or args.sample_every):
         print(f"warning: vocab {config.vocab_size} cannot hold GPT-2 tokens: no HellaSwag, no samples", file=sys.stderr)
