@@ -29,7 +29,8 @@ from torch.nn import functional as F
 
 from hardware import pick_dtype
 import memory
-from model import ARCHS, FLOPS_CONVENTION, GPT, GPTConfig, PRESETS, estimate_mfu, flops_per_token, format_mfu
+from hardware import estimate_mfu, format_mfu
+from model import ARCHS, FLOPS_CONVENTION, GPT, GPTConfig, PRESETS, flops_per_token
 
 # -----------------------------------------------------------------------------
 # defaults, in one place: a GPU measures real GPT-2 training; a CPU runs a smoke-test-sized model

@@ -26,7 +26,8 @@ import torch
 
 import bench
 import memory
-from model import GPT, GPTConfig, format_mfu
+from hardware import format_mfu
+from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

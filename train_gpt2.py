@@ -48,8 +48,9 @@ import fineweb
 import hardware
 import memory
 from distributed import destroy_process_group, init_process_group
+from hardware import estimate_mfu, format_mfu, peak_flops
 from model import (ARCH_FIELDS, ARCHS, CHOICES, FLOPS_CONVENTION, GPT, PRESETS, GPTConfig, checkpoint_config,
-                   estimate_mfu, find_checkpoints, flops_per_token, format_mfu, load_checkpoint, peak_flops)
+                   find_checkpoints, flops_per_token, load_checkpoint)
 
 # -----------------------------------------------------------------------------
 # arguments: every default in one place
