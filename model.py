@@ -335,11 +335,11 @@ class GPT(nn.Module):
         elif head_positions is not None and targets is None:
             x = x[head_positions]  # scoring reads a few positions: the head is most of a small model's cost
         if targets is not None and loss_chunk:  # training: the loss and its gradients, never the whole logits
-            return None, chunked_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.view(-1),
+            return None, chunked_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
                                                loss_chunk)
         logits = self.lm_head(x)
         loss = None if targets is None else F.cross_entropy(
-            logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+            logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def num_params(self, exclude_pos=False):

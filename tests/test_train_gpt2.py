@@ -344,6 +344,15 @@ def test_every_arch_resumes_bit_exactly(arch_runs):
     assert all(torch.equal(x, y) for x, y in zip(flat(a), flat(b))) and len(flat(a)) == len(flat(b)) > 0
 
 
+def test_modern_muon_wsd_trains_in_bf16(tmp_path, data_dir):
+    """--dtype bf16 through train_gpt2.py for the modern recipe (CPU autocast): the loss falls as in fp32."""
+    result = run(["--data-dir", data_dir, "--log-dir", str(tmp_path)] + TINY + ["--arch", "modern", "--optimizer",
+                 "muon", "--schedule", "wsd", "--dtype", "bf16", "--eval-every", "0", "--checkpoint-every", "0"])
+    assert "dtype bf16" in result.stdout
+    train = read_log(str(tmp_path))["train"]
+    assert sorted(train) == list(range(12)) and np.mean([train[s] for s in (9, 10, 11)]) < train[0] - 1.5, train
+
+
 def test_resume_refuses_another_arch_or_optimizer(tmp_path, data_dir, reference):
     shutil.copy(os.path.join(reference["log_dir"], "model_00004.pt"), tmp_path)
     result = run(["--data-dir", data_dir, "--log-dir", str(tmp_path)] + TINY + ["--arch", "llama"], expect_rc=2)
