@@ -18,10 +18,8 @@ lm-eval is optional: pip install -r requirements-eval.txt.
 """
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 
 import torch
@@ -191,17 +189,6 @@ def load_model(args, device):
     return GPT.from_pretrained(args.model).to(device)
 
 
-def write_json_atomic(path, results):
-    from lm_eval.utils import handle_non_serializable
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".eval_harness.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=2, default=handle_non_serializable)
-        f.write("\n")
-    os.replace(tmp_path, path)
-
-
 def main(argv=None):
     args = parse_args(argv)
     if TemplateLM is object:
@@ -240,7 +227,8 @@ def main(argv=None):
     if args.out:
         results["eval_harness"] = dict(model=args.checkpoint or args.model, device=device, dtype=dtype,
                                        batch_size=batch_size, seconds=round(seconds, 3))
-        write_json_atomic(args.out, results)
+        from lm_eval.utils import handle_non_serializable
+        hellaswag.write_json_atomic(args.out, results, default=handle_non_serializable)
 
 
 if __name__ == "__main__":

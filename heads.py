@@ -30,7 +30,6 @@ pruning.png.
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fineweb import get_tokenizer, list_shards, open_shard
+from fineweb import count, get_tokenizer, list_shards, open_shard, save_json_atomically
 from hardware import DTYPES, autocast, pick_device, pick_dtype
 from model import GPT, flops_per_token, load_checkpoint, resolve_checkpoint_path
 
@@ -277,21 +276,21 @@ def heads_to_prune(fraction, n_heads):
 def iterative_order(evaluator, present, counts):
     """Prune to each count in turn, recomputing importance with the already pruned heads masked."""
     order = []
-    for count in counts:
-        if count <= len(order):
+    for n_pruned in counts:
+        if n_pruned <= len(order):
             continue
         mask = evaluator.mask(order)
         remaining = present.clone()
         for layer, head in order:
             remaining[layer, head] = False
         scores = normalise_per_layer(evaluator.mask_gradient(mask).cpu(), remaining)
-        order += ascending(scores, remaining)[:count - len(order)]
+        order += ascending(scores, remaining)[:n_pruned - len(order)]
     return order
 
 
 def curve(evaluator, order, counts, base_loss):
     """Loss, perplexity and their relative changes with the first `count` heads of order masked, per count."""
-    losses = [base_loss if count == 0 else evaluator.loss(evaluator.mask(order[:count])) for count in counts]
+    losses = [base_loss if n == 0 else evaluator.loss(evaluator.mask(order[:n])) for n in counts]
     return {
         "loss": losses, "perplexity": [math.exp(loss) for loss in losses],
         "loss_change": [loss / base_loss - 1 for loss in losses],
@@ -550,9 +549,7 @@ def run_study(args):
 def write_outputs(results, out):
     """results.json and the three pictures, drawn from it alone."""
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json.tmp"), "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(os.path.join(out, "results.json.tmp"), os.path.join(out, "results.json"))
+    save_json_atomically(os.path.join(out, "results.json"), results)
     array = lambda nested: np.array(nested, dtype=float)  # noqa: E731  (null -> nan)
     similarity = {kind: {which: array(v) for which, v in per.items()} for kind, per in results["similarity"].items()}
     plot_similarity(similarity, os.path.join(out, "similarity.png"), results["run"]["threshold"])
@@ -602,13 +599,6 @@ def print_summary(results, out):
 
 # -----------------------------------------------------------------------------
 # command line
-
-
-def count(text):
-    value = float(text)
-    if not (value >= 1 and value.is_integer()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(value)
 
 
 def percent(text):

@@ -374,12 +374,14 @@ def check_args(args):
         args.checkpoint = resolve_checkpoint_path(args.checkpoint)  # a file, or a run directory's newest
 
 
-def write_json_atomic(path, data):
+def write_json_atomic(path, data, default=None):
+    """data as indented JSON at path, through a temporary file in the same directory: never half a file.
+    default: json.dump's converter for values JSON has no type for."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".hellaswag.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
+        json.dump(data, f, indent=2, default=default)
         f.write("\n")
     os.replace(tmp_path, path)
 

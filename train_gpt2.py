@@ -130,6 +130,9 @@ def batch_size_arg(text):
     return text if text == "auto" else int(text)
 
 
+HELLASWAG_SCORES = ("acc", "acc_norm", "harness_acc", "harness_acc_norm")  # both conventions, as logged
+
+
 class FatalError(Exception):
     """A problem the user can fix: printed as one line `error: ...`, exit code 2."""
 
@@ -752,7 +755,7 @@ def main(argv=None):
                                         lockstep=everyone)
                 if master:
                     print(f"step {step:5d} | val loss {val_loss:.4f}")
-                    log_txt.write(f"{step} val {val_loss:.4f}" + "\n")
+                    log_txt.write(f"{step} val {val_loss:.4f}\n")
                     write_metrics(metrics_file, step, "val", loss=val_loss)
                     log_wandb(wandb_run, step, {"val/loss": val_loss})
             if hellaswag_examples and due(args.hellaswag_every, step, args.max_steps):
@@ -764,11 +767,10 @@ def main(argv=None):
                     print(f"step {step:5d} | hellaswag acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} "
                           f"harness acc {result['harness_acc']:.4f} acc_norm {result['harness_acc_norm']:.4f} "
                           f"(n={result['n']})")
-                    log_txt.write(f"{step} hella {result['acc_norm']:.4f}" + "\n")
-                    write_metrics(metrics_file, step, "hellaswag", **{k: result[k] for k in (
-                        "acc", "acc_norm", "harness_acc", "harness_acc_norm", "n")})
-                    log_wandb(wandb_run, step, {f"hellaswag/{k}": result[k] for k in (
-                        "acc", "acc_norm", "harness_acc", "harness_acc_norm")})
+                    log_txt.write(f"{step} hella {result['acc_norm']:.4f}\n")
+                    write_metrics(metrics_file, step, "hellaswag", **{k: result[k] for k in HELLASWAG_SCORES},
+                                  n=result["n"])
+                    log_wandb(wandb_run, step, {f"hellaswag/{k}": result[k] for k in HELLASWAG_SCORES})
             if enc is not None and step > 0 and due(args.sample_every, step, args.max_steps):
                 samples = print_samples(raw_model, enc, step, args.seed, device, autocast, args.sample_tokens, master)
                 write_metrics(metrics_file, step, "samples", samples=samples)
@@ -845,9 +847,9 @@ def main(argv=None):
                 reason = "not finite" if not_finite else "a spike"
                 print(f"warning: step {step}: loss {train_loss}, grad norm {norm}: {reason}, update skipped "
                       f"({bad_streak} in a row)", file=sys.stderr)
-                log_txt.write(f"{step} skip {train_loss:.6f}" + "\n")
+                log_txt.write(f"{step} skip {train_loss:.6f}\n")
             else:
-                log_txt.write(f"{step} train {train_loss:.6f}" + "\n")
+                log_txt.write(f"{step} train {train_loss:.6f}\n")
             write_metrics(metrics_file, step, "train", loss=train_loss, lr=lr, norm=norm, dt_ms=dt * 1000,
                           tokens_per_sec=tokens_per_sec, mfu=mfu, elapsed_s=round(elapsed, 3), eta_s=round(eta, 3),
                           max_steps=args.max_steps)
