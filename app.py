@@ -363,6 +363,19 @@ def format_samples(status):
 # the page
 
 
+def check_port_free(host, port):
+    """Refuse a busy port in our words before the model loads (Gradio's own error advises `server_port`)."""
+    import socket
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: a port in TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise OSError(f"port {port} on {host} is in use or not available ({e.strerror}): pass another --port, "
+                          f"e.g. --port {port + 1}") from None
+
+
 def import_gradio():
     """Gradio, imported with analytics and its version check off and localhost kept off any proxy."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no analytics, no version check at start-up
@@ -498,6 +511,7 @@ def build_app(source, enc, device, dtype, max_new_tokens, refresh):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_port_free(args.host, args.port)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     source = ModelSource(args.checkpoint, args.model, device)

@@ -487,8 +487,9 @@ def open_shard(path):
         return np.memmap(path, dtype=np.uint16, mode="r", offset=4 * BIN_HEADER_INTS, shape=(n_tokens,))
     try:
         tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable .npy shard, truncated or corrupt ({e}); "
+    except Exception:
+        # numpy's own text would advise allow_pickle=True for some of these files: wrong for token shards
+        raise ValueError(f"{path} is not a .npy token shard (not a NumPy array file, or truncated or corrupt); "
                          f"re-create it with fineweb.py") from None
     if tokens.dtype != np.uint16 or tokens.ndim != 1:
         raise ValueError(f"{path} holds a {tokens.dtype} array of shape {tokens.shape}, expected 1-D uint16 "

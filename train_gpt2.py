@@ -186,6 +186,7 @@ def check_args(args, config, world_size):
 # -----------------------------------------------------------------------------
 # data: uint16 token shards read through memory maps
 
+ETA_MIN_STEPS = 5  # steps run before the printed ETA means anything (step 0 carries compilation and the first eval)
 DATA_ORDER = "mix64-sort-v1"  # names the shuffle below in checkpoints: a resume refuses any other
 
 
@@ -458,11 +459,11 @@ def check_resume_args(path, checkpoint, args, world_size, step):
         raise FatalError(f"{path} was trained with " + ", ".join(f"{flag(n)} {old[n]} (now {new[n]})" for n in refused)
                          + ": resuming would change the run. Resume with its values, or start a new run in another "
                          "--log-dir (or pass --resume none there)")
-    notes = [f"{flag(n)} {old[n]} -> {new[n]}" for n in changed(RESUMABLE_FLAGS)]
+    notes = [f"resuming with {flag(n)} {old[n]} -> {new[n]}" for n in changed(RESUMABLE_FLAGS)]
     if changed(["max_steps"]):
-        notes.append(f"the LR schedule is recomputed for {args.max_steps} steps from step {step}")
+        notes.append(f"the LR schedule is recomputed for {args.max_steps} steps, continuing from step {step}")
     if len(checkpoint["rng"]) != world_size:
-        notes.append(f"{len(checkpoint['rng'])} -> {world_size} ranks (the same global batch of "
+        notes.append(f"resuming on {len(checkpoint['rng'])} -> {world_size} ranks (the same global batch of "
                      f"{args.total_batch_size} tokens, so the same data)")
     return notes
 
@@ -703,7 +704,7 @@ def main(argv=None):
               f"per epoch; {val_batches * B * T:,} val tokens")
         print(f"resuming from {resume_path} at step {start_step}" if resume_path else "starting from scratch")
         for note in resume_notes:
-            print(f"note: resuming with {note}")
+            print(f"note: {note}")
         print(f"sharding: {'none' if strategy == 'ddp' else memory.strategy_name(strategy)}; activation checkpointing "
               f"{'on' if args.activation_checkpointing else 'off'}")
 
@@ -833,16 +834,21 @@ def main(argv=None):
         step_times.append(dt)
         steps_run, step_seconds = steps_run + 1, step_seconds + dt
         elapsed = elapsed_before + time.time() - loop_start
-        # remaining steps at the recent median step time, plus the evals' and checkpoints' share of the time so far
-        eta = (args.max_steps - step - 1) * (statistics.median(step_times) + (elapsed - elapsed_before - step_seconds)
-                                            / steps_run)
+        # remaining steps at the recent median step time, plus the evals' and checkpoints' share of the time so far;
+        # the first steps (compilation, step 0's eval) say nothing yet about the rest, so no ETA before ETA_MIN_STEPS
+        eta = None
+        if steps_run >= ETA_MIN_STEPS:
+            overhead_per_step = (elapsed - elapsed_before - step_seconds) / steps_run
+            eta = (args.max_steps - step - 1) * (statistics.median(step_times) + overhead_per_step)
+        eta_text = "estimating" if eta is None else format_duration(eta)
+        eta_s = None if eta is None else round(eta, 3)
 
         if master:
             tokens_per_sec = args.total_batch_size / dt
             mfu = estimate_mfu(tokens_per_sec / world_size, flops_per_tok, device_name)
             print(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | "
                   f"tok/s {tokens_per_sec:.0f} | mfu {format_mfu(mfu)} | elapsed {format_duration(elapsed)} | "
-                  f"eta {format_duration(eta)}")
+                  f"eta {eta_text}")
             if bad:
                 reason = "not finite" if not_finite else "a spike"
                 print(f"warning: step {step}: loss {train_loss}, grad norm {norm}: {reason}, update skipped "
@@ -851,7 +857,7 @@ def main(argv=None):
             else:
                 log_txt.write(f"{step} train {train_loss:.6f}\n")
             write_metrics(metrics_file, step, "train", loss=train_loss, lr=lr, norm=norm, dt_ms=dt * 1000,
-                          tokens_per_sec=tokens_per_sec, mfu=mfu, elapsed_s=round(elapsed, 3), eta_s=round(eta, 3),
+                          tokens_per_sec=tokens_per_sec, mfu=mfu, elapsed_s=round(elapsed, 3), eta_s=eta_s,
                           max_steps=args.max_steps)
             log_wandb(wandb_run, step, {"train/loss": train_loss, "train/lr": lr, "train/norm": norm,
                                         "train/dt_ms": dt * 1000, "train/tokens_per_sec": tokens_per_sec,

@@ -480,3 +480,15 @@ def test_the_app_checks_every_bound_itself(args, message):
     with pytest.raises(ValueError) as error:
         app.check_request(**{**request, **args}, cap=CAP)
     assert str(error.value) == message
+
+
+def test_a_busy_port_is_refused_in_our_words(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, os.path.join(REPO, "app.py"), "-c", str(tmp_path), "--port",
+                                 str(port)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == f"error: port {port} on 127.0.0.1 is in use or not available (Address already in use): " \
+                            f"pass another --port, e.g. --port {port + 1}\n"
