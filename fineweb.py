@@ -25,9 +25,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import sysconfig
 import tempfile
+import urllib.parse
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -107,10 +109,37 @@ def tokenize_documents(texts):
 # -----------------------------------------------------------------------------
 # corpora: each is an iterator of document strings, read lazily so memory stays flat
 
+def hub_endpoint():
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+def hub_is_reachable(timeout=5.0):
+    """One TCP connection to the hub. huggingface_hub itself retries for about half a minute before it gives up."""
+    url = urllib.parse.urlsplit(hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+def offline_env():
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
 def hf_documents(dataset, name, text_field, streaming, num_proc):
+    if not offline_env() and not hub_is_reachable():
+        # a cluster node without internet may still hold the dataset in its Hugging Face cache: read it from there
+        print(f"note: cannot reach {hub_endpoint()}: looking for {dataset} in the local Hugging Face cache",
+              file=sys.stderr)
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"  # read when datasets is imported
     import datasets  # only a download needs it
     kwargs = {} if streaming else {"num_proc": num_proc}  # parallel download and Arrow conversion
-    ds = datasets.load_dataset(dataset, name=name or None, split="train", streaming=streaming, **kwargs)
+    try:
+        ds = datasets.load_dataset(dataset, name=name or None, split="train", streaming=streaming, **kwargs)
+    except ConnectionError as e:
+        raise ConnectionError(f"cannot read {dataset} ({name}): {hub_endpoint()} is unreachable or offline mode is "
+                              f"on, and the local Hugging Face cache does not hold it ({e}). Run where the hub is "
+                              f"reachable, or tokenize local text with --local-files (or --demo)") from None
     if ds.column_names is not None and text_field not in ds.column_names:
         raise ValueError(f"{dataset} has no field {text_field!r} (it has {ds.column_names}); pass --text-field")
     batches = ds.select_columns([text_field]).iter(batch_size=1024)
@@ -675,8 +704,25 @@ def main(args):
         write_stats(corpus_documents(args)[0], args.out_dir or ".", args.stats_docs or None, args.num_proc,
                     "of the corpus", compare_vocab=args.compare_vocab)
         return
+    created = not os.path.exists(out_dir)
     check_writable(out_dir)  # now, not after an hour of download
+    try:
+        make_shards(args, out_dir)
+    except BaseException:
+        if created:
+            remove_if_no_shards(out_dir)  # a failed first run leaves nothing behind; completed shards stay for resume
+        raise
+
+def remove_if_no_shards(out_dir):
+    names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    if all(name == PROGRESS_FILE or name.endswith(".tmp") for name in names):
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+def make_shards(args, out_dir):
     if args.download:
+        if not hub_is_reachable():
+            raise ConnectionError(f"cannot reach {hub_endpoint()} to download {args.download}: check the network, "
+                                  f"HF_ENDPOINT or a proxy")
         try:
             download_shards(args.download, out_dir, args.revision, args.max_shards, args.download_workers)
         except Exception as e:

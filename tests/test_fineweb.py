@@ -328,7 +328,7 @@ def assert_clean_error(result, out_dir, message, only_line=True):
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and message in lines[-1] and "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 1 or not only_line, result.stderr
-    assert not os.path.exists(out_dir) or not shard_files(out_dir)
+    assert not os.path.exists(out_dir)  # a failed first run leaves no empty --out-dir behind
 
 def test_error_no_files_match(tmp_path):
     result = run_fineweb("--local-files", tmp_path / "nothing*.jsonl", "--out-dir", tmp_path / "out")
@@ -354,6 +354,28 @@ def test_error_empty_corpus(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     result = run_fineweb("--local-files", tmp_path / "empty.jsonl", "--out-dir", tmp_path / "out")
     assert_clean_error(result, tmp_path / "out", "empty")
+
+def closed_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens on it once closed
+
+def test_unreachable_hub_falls_back_to_the_cache_and_fails_fast(tmp_path):
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("HF_DATASETS_OFFLINE", None)
+    result = run_fineweb("--out-dir", tmp_path / "out", env=env)
+    # one probe decided it (no half minute of huggingface_hub retries): offline mode, so datasets asked nothing more
+    assert result.stderr.splitlines()[0].startswith("note: cannot reach http://127.0.0.1:")
+    assert "OfflineModeIsEnabled" in result.stderr and "Retrying" not in result.stderr
+    assert_clean_error(result, tmp_path / "out", "the local Hugging Face cache does not hold it", only_line=False)
+    assert "--local-files" in result.stderr.splitlines()[-1]
+
+def test_download_with_an_unreachable_hub_is_one_line(tmp_path):
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
+    result = run_fineweb("--download", "someone/shards", "--out-dir", tmp_path / "out", env=env)
+    assert_clean_error(result, tmp_path / "out", "cannot reach http://127.0.0.1:")
 
 def test_error_output_dir_not_writable(tmp_path):
     (tmp_path / "a_file").write_text("")
