@@ -6,7 +6,7 @@ Training throughput and MFU of GPT-2, measured on random tokens with train_gpt2.
     python bench.py --compare                       # eager/compiled, fused/foreach AdamW, flash/manual attention
     python bench.py --profile                       # and then the top kernels from torch.profiler
     python bench.py --memory --model gpt2-xl --world-size 8 --gpu-mem 24   # what fits, before renting (memory.py)
-    python bench.py --suite                         # the whole GPU path in one command (bench_suite.py)
+    python bench.py --suite                         # the whole GPU path in one command (dev/bench_suite.py)
 
 Figures are the median over the timed steps; warm-up (and with it torch.compile) is excluded. MFU counts the
 model FLOPs of model.flops_per_token (6*N + 6*n_layer*n_embd*T) against the device's dense bf16 peak, and is
@@ -108,7 +108,7 @@ def parse_args(argv=None):
                         "largest micro-batch that fits --gpu-mem, and a verdict (default model gpt2, B=1, T=1024)")
     parser.add_argument("--world-size", type=int, default=8, help="with --memory: GPUs the states are sharded over")
     parser.add_argument("--gpu-mem", type=float, default=24.0, help="with --memory: GiB of memory per GPU")
-    parser.add_argument("--suite", action="store_true", help="run the whole GPU suite (bench_suite.py): markdown to "
+    parser.add_argument("--suite", action="store_true", help="run the whole GPU suite (dev/bench_suite.py): markdown to "
                         "stdout, JSON to --json; with --smoke, tiny configs on CPU")
     parser.add_argument("--smoke", action="store_true", help="with --suite: tiny configs on CPU, to check it runs")
     parser.add_argument("--json", default="bench_suite.json", help="with --suite: where the JSON report goes")
@@ -597,7 +597,7 @@ def run_memory_model(args):
 def main(argv=None):
     args = parse_args(argv)
     if args.suite:
-        import bench_suite
+        from dev import bench_suite
         bench_suite.run_suite(args.device, args.smoke, args.json)
         return
     args = resolve_args(args)

@@ -356,7 +356,7 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="examples' worth of rows per forward pass (8 rows each: 4 endings x 2 conventions); "
-                        "None: 16 on CUDA, 1 elsewhere (on CPU, big batches are slower: see bench_hellaswag.py)")
+                        "None: 16 on CUDA, 1 elsewhere (on CPU, big batches are slower: see dev/bench_hellaswag.py)")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps, ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="autocast dtype; auto: bf16 on GPUs with native bf16 (compute capability >= 8.0), fp16 "

@@ -224,7 +224,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, args, message):
 def test_bench_eval_harness_smoke(tmp_path):
     """The benchmark runs and finds the two models' scores equal (its figures are not checked)."""
     env = dict(environment(str(tmp_path)), TQDM_DISABLE="1")
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench_eval_harness.py"), "--n-examples", "4",
+    result = subprocess.run([sys.executable, "-m", "dev.bench_eval_harness", "--n-examples", "4",
                              "--rounds", "1", "--n-layer", "1", "--n-head", "2", "--n-embd", "32"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -388,8 +388,8 @@ def test_error_output_dir_not_writable(tmp_path):
 @pytest.mark.benchmark
 def test_bench_fineweb_smoke(tmp_path):
     """The benchmark runs and prints its ratio; its times are not checked."""
-    result = subprocess.run([sys.executable, os.path.join(REPO, "bench_fineweb.py"), "--max-tokens", "20000",
-                             "--rounds", "1", "--warmup", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "dev.bench_fineweb", "--max-tokens", "20000",
+                             "--rounds", "1", "--warmup", "0"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "ratio" in result.stdout
 

@@ -443,7 +443,7 @@ def test_help_shows_the_defaults(capsys):
 
 
 def test_bench_smoke(capsys):
-    import bench_hellaswag
+    from dev import bench_hellaswag
     bench_hellaswag.main(["--n-examples", "3", "--repeats", "1", "--batch-size", "2",
                           "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "64"])
     out = capsys.readouterr().out

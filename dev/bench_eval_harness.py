@@ -3,8 +3,8 @@ eval_harness.py's model (GPTLM) against lm-eval's own Hugging Face model (`lm_ev
 the same weights: examples/s of the same lm-eval task, in one process, alternated, medians; and whether the
 scores agree.
 
-    python bench_eval_harness.py                                  # random model, synthetic HellaSwag, CPU
-    python bench_eval_harness.py --data-file hellaswag/hellaswag_val.jsonl --n-examples 500 --device cuda
+    python -m dev.bench_eval_harness                                  # random model, synthetic HellaSwag, CPU
+    python -m dev.bench_eval_harness --data-file hellaswag/hellaswag_val.jsonl --n-examples 500 --device cuda
 
 The task is lm-eval's installed hellaswag yaml with its data source pointed at a local jsonl (synthetic examples
 unless --data-file), so both sides run exactly the harness's prompts and metrics. Each timed run is a whole
@@ -24,12 +24,12 @@ import time
 
 import torch
 
-import bench_hellaswag
+from dev import bench_hellaswag
 import eval_harness
 import hellaswag
 from model import GPT, GPTConfig
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def prepare(work_dir, args):

@@ -29,7 +29,7 @@ import memory
 from hardware import format_mfu
 from model import GPT, GPTConfig
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # the full suite on a GPU, and the smoke version on CPU: same parts, sizes that fit each
 SIZES = {
@@ -181,7 +181,7 @@ def small_model(size, device):
 
 
 def part_hellaswag(size, device):
-    import bench_hellaswag
+    from dev import bench_hellaswag
     import hellaswag
     model, args = small_model(size, device)
     examples = bench_hellaswag.synthetic_examples(size["hellaswag_examples"])

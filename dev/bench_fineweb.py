@@ -6,8 +6,8 @@ Both run on the --demo corpus (read into memory first, so file reading is not ti
 recipe on all cores, Pool(cpu_count()), is timed too, and so is one core of each (no processes, no files), to
 tell the gain per core from the gain of using every core.
 
-    python bench_fineweb.py                                  # the whole demo corpus, 5 timed rounds
-    python bench_fineweb.py --max-tokens 20000 --rounds 1    # smoke test
+    python -m dev.bench_fineweb                                  # the whole demo corpus, 5 timed rounds
+    python -m dev.bench_fineweb --max-tokens 20000 --rounds 1    # smoke test
 """
 import argparse
 import datetime

@@ -2,8 +2,8 @@
 The architecture study of README's "Studies: architectures and Post-LN", on the --demo corpus
 (`python fineweb.py --demo`), on CPU. Each run is `python train_gpt2.py --demo ...` as a subprocess, one at a time.
 
-    python study_arch.py recipes     # gpt2/AdamW/cosine vs llama vs modern vs modern+Muon+WSD, 3 seeds each
-    python study_arch.py postln      # Post-LN vs Pre-LN: LR {1x, 3x, 10x} x warmup {0, default} x 3 seeds
+    python -m dev.study_arch recipes     # gpt2/AdamW/cosine vs llama vs modern vs modern+Muon+WSD, 3 seeds each
+    python -m dev.study_arch postln      # Post-LN vs Pre-LN: LR {1x, 3x, 10x} x warmup {0, default} x 3 seeds
 
 Recipes: final val loss (mean ± std over seeds), step time against gpt2's (median dt of each run's steps, mean
 over seeds), and the first evaluated step at which each run's val loss reaches gpt2's mean final val loss.
@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = {  # name -> train_gpt2.py flags on top of --demo
     "gpt2": ["--arch", "gpt2"],
     "llama": ["--arch", "llama"],
@@ -166,7 +166,7 @@ def main(argv=None):
     if not os.path.isdir(args.data_dir):
         raise FileNotFoundError(f"{args.data_dir} does not exist: run `python fineweb.py --demo` first")
     summary, lines = (recipes if args.study == "recipes" else postln)(args)
-    summary["command"] = " ".join(["python", "study_arch.py"] + (argv if argv is not None else sys.argv[1:]))
+    summary["command"] = " ".join(["python", "-m", "dev.study_arch"] + (argv if argv is not None else sys.argv[1:]))
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, f"{args.study}.json"), "w") as f:
         json.dump(summary, f, indent=1)

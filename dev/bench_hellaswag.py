@@ -2,8 +2,8 @@
 HellaSwag throughput: examples/s with many examples per forward pass against one example per forward pass (the
 reference scripts' way), on the same model in the same process, alternated, medians.
 
-    python bench_hellaswag.py                                # small random model, synthetic examples, CPU
-    python bench_hellaswag.py --data-file hellaswag/hellaswag_val.jsonl --device cuda --dtype bf16
+    python -m dev.bench_hellaswag                                # small random model, synthetic examples, CPU
+    python -m dev.bench_hellaswag --data-file hellaswag/hellaswag_val.jsonl --device cuda --dtype bf16
 
 Without --data-file the examples are synthetic: HellaSwag's shape (a context and 4 endings) with random words,
 so the benchmark runs offline. Each timed run is a full hellaswag.evaluate() call, tokenization included.
