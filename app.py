@@ -292,10 +292,9 @@ class Run:
     def tokens_per_step(self):
         """For the chart's tokens axis: a train record's tokens/s x its step time (the step line's tokens/s is
         the step's tokens over its time); GPT-2's 524288 when no record says."""
-        train = self.latest.get("train", {})
-        if train.get("tokens_per_sec") and train.get("dt_ms"):
-            return max(1, round(train["tokens_per_sec"] * train["dt_ms"] / 1000))
-        return 524288
+        import plot_log
+
+        return plot_log.tokens_per_step_of(self.latest.get("train")) or plot_log.DEFAULT_TOKENS_PER_STEP
 
     def chart(self):
         """plot_log.py's figure as an RGB array, or None before log.txt has records."""
@@ -310,8 +309,10 @@ class Run:
             return self.image
         if any(streams.get(name) for name in plot_log.PLOTTED_STREAMS):
             self.read_metrics()
+            # as `python plot_log.py --log RUN` draws it: OpenAI's reference lines only for a run on FineWeb-Edu
+            on_fineweb_edu, _ = plot_log.trained_on_fineweb_edu(self.log_path, plot_log.read_metrics(self.log_path))
             fig = plot_log.make_figure([(plot_log.run_label(self.log_path), streams)],
-                                       tokens_per_step=self.tokens_per_step())
+                                       tokens_per_step=self.tokens_per_step(), reference=on_fineweb_edu)
             canvas = FigureCanvasAgg(fig)
             canvas.draw()
             self.image = np.asarray(canvas.buffer_rgba())[:, :, :3].copy()

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 
 import gradio_client
+import numpy as np
 import pytest
 import torch
 from gradio_client.exceptions import AppError
@@ -323,6 +324,28 @@ def test_run_status_reads_log_txt_alone(tmp_path):
     assert status["tokens_per_sec"] is None and status["eta_s"] is None
     table = app.format_status(status)
     assert "| train loss | 9.712345 |" in table and "| ETA | n/a |" in table and "| val loss | 9.8765 (step 2) |" in table
+
+
+def test_run_chart_is_plot_logs_figure_for_what_the_run_trained_on(tmp_path):
+    import app
+    red = np.array([0xD6, 0x27, 0x28])  # matplotlib's C3: OpenAI GPT-2's reference lines, nothing else
+    # a demo-like run: no HellaSwag, and a metrics.jsonl that does not record the data: one panel, no GPT-2 lines
+    (tmp_path / "log.txt").write_text("".join(line + "\n" for line in LOG.splitlines() if " hella " not in line))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in METRICS if r["kind"] != "hellaswag"))
+    image = app.Run(str(tmp_path)).chart()
+    assert image.shape == (600, 1000, 3)
+    assert (np.abs(image.astype(int) - red).max(axis=2) < 13).sum() == 0
+    # a run on FineWeb-Edu, as its args and fineweb.py's record beside the shards say: both panels, with the lines
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "fineweb_progress.json").write_text(json.dumps({"config": {"source": ["hf", "HuggingFaceFW/fineweb-edu",
+                                                                                     "sample-10BT", "text", False]}}))
+    (tmp_path / "log.txt").write_text(LOG)
+    args = {"step": 0, "kind": "config", "args": {"data_dir": str(shards)}}
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [args] + METRICS))
+    image = app.Run(str(tmp_path)).chart()
+    assert image.shape == (600, 1600, 3)
+    assert (np.abs(image.astype(int) - red).max(axis=2) < 13).sum() > 1000
 
 
 # -----------------------------------------------------------------------------
