@@ -243,8 +243,8 @@ def test_cli_writes_documented_results_and_a_pruned_checkpoint_that_loads_everyw
     hella = run("hellaswag.py", "-c", os.path.dirname(saved["path"]), "--data-file", str(hellaswag_file), "--device", "cpu")
     assert hella.returncode == 0, hella.stderr
     assert "hellaswag n=1 " in hella.stdout
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    assert all(f"`{key}`" in readme for key in heads.RESULT_KEYS), "README documents every results.json key"
+    studies = open(os.path.join(ROOT, "docs", "studies.md")).read()
+    assert all(f"`{key}`" in studies for key in heads.RESULT_KEYS), "docs/studies.md documents every results.json key"
 
 
 def test_cli_errors_are_one_line(tmp_path):
