@@ -6,7 +6,9 @@ Training throughput and MFU of GPT-2, measured on random tokens with train_gpt2.
     python bench.py --compare                       # eager/compiled, fused/foreach AdamW, flash/manual attention
     python bench.py --profile                       # and then the top kernels from torch.profiler
     python bench.py --memory --model gpt2-xl --world-size 8 --gpu-mem 24   # what fits, before renting (memory.py)
-    python bench.py --suite                         # the whole GPU path in one command (dev/bench_suite.py)
+
+The whole GPU path in one command is a developer tool: python -m dev.bench_suite (it imports bench.py, not the
+other way round).
 
 Figures are the median over the timed steps; warm-up (and with it torch.compile) is excluded. MFU counts the
 model FLOPs of model.flops_per_token (6*N + 6*n_layer*n_embd*T) against the device's dense bf16 peak, and is
@@ -108,10 +110,6 @@ def parse_args(argv=None):
                         "largest micro-batch that fits --gpu-mem, and a verdict (default model gpt2, B=1, T=1024)")
     parser.add_argument("--world-size", type=int, default=8, help="with --memory: GPUs the states are sharded over")
     parser.add_argument("--gpu-mem", type=float, default=24.0, help="with --memory: GiB of memory per GPU")
-    parser.add_argument("--suite", action="store_true", help="run the whole GPU suite (dev/bench_suite.py): markdown to "
-                        "stdout, JSON to --json; with --smoke, tiny configs on CPU")
-    parser.add_argument("--smoke", action="store_true", help="with --suite: tiny configs on CPU, to check it runs")
-    parser.add_argument("--json", default="bench_suite.json", help="with --suite: where the JSON report goes")
     parser.add_argument("--seed", type=int, default=1337, help="seed for the weights and the random tokens")
     return parser.parse_args(argv)
 
@@ -595,12 +593,7 @@ def run_memory_model(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.suite:
-        from dev import bench_suite
-        bench_suite.run_suite(args.device, args.smoke, args.json)
-        return
-    args = resolve_args(args)
+    args = resolve_args(parse_args(argv))
     if args.memory:
         run_memory_model(args)
         return

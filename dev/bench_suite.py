@@ -2,15 +2,18 @@
 The whole GPU path in one command: throughput, the variants that matter, fp16, train_gpt2.py's own step,
 HellaSwag batching, generation with and without the KV cache, and GPT-2 XL against the memory model.
 
-    python bench.py --suite                          # one GPU; sized to finish in under 8 minutes on an H100
-    python bench.py --suite --json log/suite.json    # the JSON goes there (default: bench_suite.json)
-    python bench.py --suite --smoke                  # tiny configs on CPU: every part runs (the tests do this)
+    python -m dev.bench_suite                          # one GPU; sized to finish in under 8 minutes on an H100
+    python -m dev.bench_suite --json log/suite.json    # the JSON goes there (default: bench_suite.json)
+    python -m dev.bench_suite --smoke                  # tiny configs on CPU: every part runs (the tests do this)
+
+Run it from the repository root (it imports model.py, bench.py and the other top-level modules from there).
 
 A markdown report goes to stdout, the same figures as JSON to the file. A part that cannot run here (out of
 memory, no compiler) becomes a line saying why, and the other parts still run. Timing follows bench.py: warm-up
 (compile included) untimed, torch.cuda.synchronize around each timed step, medians.
 """
 
+import argparse
 import json
 import os
 import re
@@ -290,7 +293,7 @@ def fmt(value, spec=",.0f"):
 
 
 def markdown(report):
-    lines = [f"# bench.py --suite{' --smoke' if report['smoke'] else ''}",
+    lines = [f"# python -m dev.bench_suite{' --smoke' if report['smoke'] else ''}",
              f"device: {report['device']} | torch {report['torch']} | {report['date']} | "
              f"total {report['seconds']:.0f} s",
              ""]
@@ -405,8 +408,8 @@ def run_suite(device=None, smoke=False, json_path="bench_suite.json"):
 
 
 if __name__ == "__main__":
-    import argparse
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    # prog: the command as it is run (from the root, with -m), not the file name argparse would show
+    parser = argparse.ArgumentParser(prog="python -m dev.bench_suite", description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--smoke", action="store_true", help="tiny configs on CPU")
     parser.add_argument("--device", help="cuda or cuda:N (default: cuda; cpu with --smoke)")
     parser.add_argument("--json", default="bench_suite.json", help="where the JSON goes")

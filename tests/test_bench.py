@@ -1,3 +1,4 @@
+import ast
 import copy
 import json
 import os
@@ -233,17 +234,22 @@ def test_memory_model_table_for_gpt2_xl_on_eight_24_gb_gpus():
 
 
 # -----------------------------------------------------------------------------
-# --suite: the whole GPU path; here its smoke version, every part on CPU with tiny configs
+# python -m dev.bench_suite: the whole GPU path; here its smoke version, every part on CPU with tiny configs
+
+
+def run_suite(*flags):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dev.bench_suite", *flags], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
 @pytest.mark.slow
 def test_suite_smoke_runs_every_part_and_writes_markdown_and_json(tmp_path):
     json_path = tmp_path / "suite.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "bench.py", "--suite", "--smoke", "--json", str(json_path)], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = run_suite("--smoke", "--json", str(json_path))
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
+    assert out.startswith("# python -m dev.bench_suite --smoke\n")
     for title in ("## throughput (tiny)", "## variants", "## fp16 + GradScaler", "## train_gpt2.py against bench.py",
                   "## HellaSwag batching", "## generation", "## big model memory"):
         assert title in out
@@ -259,8 +265,17 @@ def test_suite_smoke_runs_every_part_and_writes_markdown_and_json(tmp_path):
     assert parts["big_model"]["one_rank"]["peak_memory_mib"] > 0
 
 
+def test_bench_imports_nothing_from_dev():
+    # arrows point downward: dev/bench_suite.py imports bench.py, so bench.py must not import dev/, not even lazily
+    # inside a function (the old --suite flag did), which is why this reads the source rather than sys.modules
+    tree = ast.parse(open(os.path.join(ROOT, "bench.py")).read())
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    imported += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert imported and not [name for name in imported if name == "dev" or name.startswith("dev.")], imported
+
+
 def test_suite_without_a_gpu_or_smoke_is_one_line_error():
-    result = run_bench("--suite", "--device", "cpu")
+    result = run_suite("--device", "cpu")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: the suite measures the GPU path: run it on a GPU, or add --smoke for the " \
                                     "CPU version"
