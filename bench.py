@@ -49,6 +49,9 @@ LEARNING_RATE = 6e-4  # GPT-2 124M's max lr; the value does not change the cost 
 WEIGHT_DECAY = 0.1
 GRAD_CLIP = 1.0
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# the flags that take one of a list, checked by argparse on the command line and by make_args for keywords
+CHOICES = dict(model=[*PRESETS, "tiny"], arch=list(ARCHS), dtype=list(DTYPES),
+               compile_mode=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
 
 
 class BenchError(Exception):
@@ -68,9 +71,9 @@ def per_device(key):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), formatter_class=HelpFormatter)
-    parser.add_argument("--model", choices=[*PRESETS, "tiny"], help=f"model size {per_device('model')}")
-    parser.add_argument("--arch", default="gpt2", choices=list(ARCHS), help="architecture preset (model.ARCHS): "
-                                                                          "FLOPs and MFU follow it")
+    parser.add_argument("--model", choices=CHOICES["model"], help=f"model size {per_device('model')}")
+    parser.add_argument("--arch", default="gpt2", choices=CHOICES["arch"],
+                        help="architecture preset (model.ARCHS): FLOPs and MFU follow it")
     parser.add_argument("--n-layer", type=int, help="override the preset's number of layers")
     parser.add_argument("--n-head", type=int, help="override the preset's number of heads")
     parser.add_argument("--n-embd", type=int, help="override the preset's embedding width")
@@ -85,12 +88,10 @@ def parse_args(argv=None):
                                                                                  f"{per_device('compile')}")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (train_gpt2.py: "
                                                                       "inductor; aot_eager needs no C++ compiler)")
-    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune",
-                                                                      "max-autotune-no-cudagraphs"],
+    parser.add_argument("--compile-mode", default="default", choices=CHOICES["compile_mode"],
                         help="torch.compile mode (train_gpt2.py: default), to try what else might pay")
-    parser.add_argument("--dtype", choices=DTYPES, help=f"autocast dtype; fp16 adds a GradScaler "
-                                                        f"(default: bf16 on GPUs with native bf16, compute capability "
-                                                        f">= 8.0; fp16 on older GPUs; fp32 on cpu)")
+    parser.add_argument("--dtype", choices=CHOICES["dtype"], help="autocast dtype; fp16 adds a GradScaler (default: "
+                        "bf16 on GPUs with native bf16, compute capability >= 8.0; fp16 on older GPUs; fp32 on cpu)")
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
     parser.add_argument("--compare", action="store_true", help="time the main variants against the default "
                                                                "fast path, alternating, in one process")
@@ -157,6 +158,21 @@ def resolve_args(args):
     args.device_type = device_type
     args.config = build_config(args)
     return args
+
+
+def make_args(**flags):
+    """What `python bench.py FLAGS` resolves to, with the flags as keywords (dashes as underscores, a switch as
+    True/False): make_args(model="tiny", batch_size=2, compile=False) is `--model tiny --batch-size 2 --no-compile`.
+    For scripts that build many configurations (dev/bench_suite.py), so they need not write argv strings."""
+    args = parse_args([])
+    unknown = sorted(set(flags) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"bench.py has no flag for {', '.join(unknown)}")
+    for key, value in flags.items():
+        if key in CHOICES and value is not None and value not in CHOICES[key]:
+            raise ValueError(f"--{key.replace('_', '-')} {value} is not one of {', '.join(CHOICES[key])}")
+    vars(args).update(flags)
+    return resolve_args(args)
 
 
 def build_config(args):

@@ -46,13 +46,12 @@ SIZES = {
 TRAIN_MEDIAN_AFTER = 10  # train_gpt2.py's steps that count: those after the first 10 (compile, warm-up)
 
 
-def bench_args(size, device, batch_size, model=None, dtype=None, compile=None, steps=None, checkpointing=False):
-    """bench.py's own arguments for one configuration, resolved by bench.resolve_args."""
-    argv = ["--model", model or size["model"], "--batch-size", str(batch_size), "--seq-len", str(size["seq_len"]),
-            "--dtype", dtype or size["dtype"], "--device", device, "--steps", str(steps or size["steps"]),
-            "--warmup", str(size["warmup"]), "--compile-backend", size["backend"],
-            "--compile" if (size["compile"] if compile is None else compile) else "--no-compile"]
-    return bench.resolve_args(bench.parse_args(argv + (["--activation-checkpointing"] if checkpointing else [])))
+def bench_args(size, device, batch_size, **flags):
+    """bench.py's resolved arguments for one configuration (bench.make_args): the size's settings, then `flags`."""
+    settings = dict(model=size["model"], seq_len=size["seq_len"], dtype=size["dtype"], device=device,
+                    steps=size["steps"], warmup=size["warmup"], compile=size["compile"],
+                    compile_backend=size["backend"])
+    return bench.make_args(**{**settings, "batch_size": batch_size, **flags})
 
 
 def error_line(e):
@@ -244,7 +243,7 @@ def part_big_model(size, device):
     GPU there is nothing to shard, so the prediction is the one-rank one; with more GPUs visible, train_gpt2.py
     under torchrun with --fsdp --activation-checkpointing is measured too, from its printed memory line."""
     args = bench_args(size, device, 1, model=size["big_model"], compile=False, steps=size["big_steps"],
-                      checkpointing=True)
+                      activation_checkpointing=True)
     dtype = "fp32" if args.dtype == "fp32" else "bf16"
     predicted = memory.estimate(args.config, "ddp", 1, 1, args.seq_len, dtype, True)
     try:

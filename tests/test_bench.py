@@ -126,6 +126,20 @@ def test_bad_input_messages(flags, message):
         tiny_args(*flags)
 
 
+def test_make_args_is_the_command_line_as_keywords():
+    # dev/bench_suite.py builds its configurations with make_args: each must be what the same flags give bench.py
+    flags = ["--arch", "llama", "--grad-accum", "2", "--no-compile", "--activation-checkpointing", "--dtype", "bf16"]
+    keywords = dict(device="cpu", n_layer=2, n_head=2, n_embd=32, vocab_size=128, batch_size=2, seq_len=16,
+                    arch="llama", grad_accum=2, compile=False, activation_checkpointing=True, dtype="bf16")
+    assert vars(bench.make_args(**keywords)) == vars(tiny_args(*flags))
+    with pytest.raises(TypeError, match="bench.py has no flag for batch"):
+        bench.make_args(batch=2)
+    with pytest.raises(ValueError, match="--dtype fp8 is not one of bf16, fp16, fp32"):
+        bench.make_args(dtype="fp8")
+    with pytest.raises(ValueError, match="--batch-size must be at least 1, got 0"):  # resolve_args' checks apply
+        bench.make_args(device="cpu", batch_size=0)
+
+
 # -----------------------------------------------------------------------------
 # what the figures stand for
 
