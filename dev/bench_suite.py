@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 import bench
+import hardware
 import memory
-from hardware import format_mfu
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,7 +217,7 @@ def part_generation(size, device):
     model, args = small_model(size, device)
     generator = torch.Generator(device).manual_seed(0)
     prompt = torch.randint(0, 50257, (1, size["prompt"]), device=device, generator=generator)
-    autocast = bench.nullcontext() if args.dtype == "fp32" else torch.autocast(args.device_type, dtype=torch.bfloat16)
+    autocast = hardware.autocast(args.dtype, args.device)  # fp32 (smoke): no autocast
     runs = {"kv cache": lambda: model.generate(prompt, size["new_tokens"], temperature=0.0),
             "recompute": lambda: recompute_generate(model, prompt, size["new_tokens"])}
     speeds, outputs = {name: [] for name in runs}, {}
@@ -317,7 +317,7 @@ def markdown(report):
                 lines.append(f"| {r['batch_size']} | {r['error']} | | | | |")
             else:
                 lines.append(f"| {r['batch_size']} | {fmt(r['tokens_per_sec'])} | {r['ms_per_step']:.2f} | "
-                             f"{format_mfu(r['mfu'])} | {fmt(r['peak_memory_mib'])} | "
+                             f"{hardware.format_mfu(r['mfu'])} | {fmt(r['peak_memory_mib'])} | "
                              f"{fmt(r['predicted_eager_mib'])} |")
 
     def variants(part):
@@ -330,7 +330,7 @@ def markdown(report):
 
     def fp16(part):
         lines.append(f"{part['dtype']}: {fmt(part['tokens_per_sec'])} tokens/s, {part['ms_per_step']:.2f} ms/step, "
-                     f"MFU {format_mfu(part['mfu'])}, peak {fmt(part['peak_memory_mib'])} MiB; losses finite: "
+                     f"MFU {hardware.format_mfu(part['mfu'])}, peak {fmt(part['peak_memory_mib'])} MiB; losses finite: "
                      f"{'yes' if part['losses_finite'] else 'NO'}")
 
     def train(part):
