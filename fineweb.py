@@ -11,7 +11,8 @@ The shards are build-nanogpt's: edufineweb_{val|train}_{idx:06d}.npy, uint16, 10
 val, every document is preceded by <|endoftext|> (50256) and a document that overflows a shard continues in
 the next one. Each shard goes to a temporary file that is then renamed, and fineweb_progress.json records
 where in the corpus every shard starts, so re-running an interrupted command resumes after the completed
-shards and ends byte-identical to a run that was never interrupted.
+shards and ends byte-identical to a run that was never interrupted. What the tokenizer spends on the corpus
+(characters per token, which words it breaks up) is a separate study: python -m dev.tokenizer_stats --help.
 """
 import argparse
 import contextlib
@@ -22,7 +23,6 @@ import importlib.util
 import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -30,7 +30,7 @@ import sys
 import sysconfig
 import tempfile
 import urllib.parse
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
@@ -530,142 +530,6 @@ def save_json_atomically(path, data):
     write_atomically(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
 
 # -----------------------------------------------------------------------------
-# tokenizer statistics: how many tokens text costs, and which words the BPE breaks up (stats.json)
-
-# A word is a maximal run of letters, with the space before it if there is one. That is the chunk GPT-2's
-# pre-tokenizer makes of it (` ?\p{L}+` in its pattern), and BPE never merges across chunks, so the tokens a word
-# takes alone are the tokens it takes in running text. (One exception: letters after an apostrophe, as in
-# "don't", where GPT-2's chunk is "'t".) Words are counted as written: "The" and "the" are two words.
-WORD = re.compile(r" ?[^\W\d_]+")
-FREQUENCY_BUCKETS = [(1, 1), (2, 9), (10, 99), (100, 999), (1000, 9999), (10000, None)]  # occurrences in the corpus
-PERCENTILES = [0, 10, 25, 50, 75, 90, 99, 100]
-
-def document_stats(texts):
-    """Each document's characters, UTF-8 bytes and tokens (without the <|endoftext|> before it), and a Counter
-    of the word chunks of the batch. Runs in the tokenizer processes."""
-    enc = get_tokenizer()
-    sizes = [(len(text), len(text.encode("utf-8", "surrogatepass")), len(encode_document(enc, text))) for text in texts]
-    words = Counter(word for text in texts for word in WORD.findall(text))
-    return sizes, words
-
-def fragmentation(words, count_tokens):
-    """The share of word occurrences that take 1, 2, 3, 4+ tokens, per bucket of corpus frequency.
-    words: Counter of word chunks; count_tokens(chunk) -> its number of tokens."""
-    frequency = Counter()
-    for chunk, n in words.items():
-        frequency[chunk.lstrip(" ")] += n
-    rows = [{"bucket": f"{low}+" if high is None else f"{low}" if low == high else f"{low}-{high}",
-             "types": 0, "occurrences": 0, "by_tokens": [0, 0, 0, 0], "tokens": 0} for low, high in FREQUENCY_BUCKETS]
-    total = {"bucket": "all", "types": len(frequency), "occurrences": 0, "by_tokens": [0, 0, 0, 0], "tokens": 0}
-    bucket_of = lambda count: next(i for i, (low, high) in enumerate(FREQUENCY_BUCKETS)  # noqa: E731
-                                   if count >= low and (high is None or count <= high))
-    for word, count in frequency.items():
-        rows[bucket_of(count)]["types"] += 1
-    for chunk, n in words.items():
-        tokens = count_tokens(chunk)
-        for row in (rows[bucket_of(frequency[chunk.lstrip(" ")])], total):
-            row["occurrences"] += n
-            row["by_tokens"][min(tokens, 4) - 1] += n
-            row["tokens"] += n * tokens
-    for row in rows + [total]:
-        n = row["occurrences"]
-        row["share"] = {k: (count / n if n else None) for k, count in zip(("1", "2", "3", "4+"), row["by_tokens"])}
-        row["tokens_per_word"] = row["tokens"] / n if n else None
-    return {"by_frequency": [row for row in rows if row["occurrences"]], "all": total}
-
-def corpus_stats(docs, max_docs=None, num_proc=1, compare_vocab=()):
-    """stats.json's content for the first max_docs documents (all if None) of an iterable of texts.
-    compare_vocab: vocabulary sizes for vocab_comparison (it keeps the texts in memory)."""
-    docs = itertools.islice(docs, max_docs) if max_docs else docs
-    kept = []  # the texts, for vocab_comparison
-
-    def keeping(docs):
-        for text in docs:
-            kept.append(text)
-            yield text
-
-    docs = keeping(docs) if compare_vocab else docs
-    sizes, words = [], Counter()
-    get_tokenizer()  # in the parent, so that forked workers inherit it
-    for batch_sizes, batch_words in ordered_pool_map(document_stats, batched_by_size(docs, 1 << 20), num_proc):
-        sizes += batch_sizes
-        words.update(batch_words)
-    if not sizes:
-        raise ValueError("the corpus is empty: there are no documents to measure")
-    chars, nbytes, tokens = (np.array(column, dtype=np.int64) for column in zip(*sizes))
-    enc = get_tokenizer()
-    stats = {
-        "tokenizer": "gpt2", "documents": len(sizes),
-        "tokens": int(tokens.sum()), "characters": int(chars.sum()), "bytes": int(nbytes.sum()),
-        "chars_per_token": float(chars.sum() / max(tokens.sum(), 1)),
-        "bytes_per_token": float(nbytes.sum() / max(tokens.sum(), 1)),
-        "tokens_per_document": {"mean": float(tokens.mean()),
-                                **{f"p{q}": float(np.percentile(tokens, q)) for q in PERCENTILES}},
-        "words": {"definition": "a maximal run of letters, with the space before it if any (regex ' ?[^\\W\\d_]+'); "
-                                "buckets by how often the word (without the space) occurs in these documents",
-                  **fragmentation(words, lambda chunk: len(enc.encode_ordinary(chunk)))},
-    }
-    if compare_vocab:
-        stats["vocab_comparison"] = vocab_comparison(kept, words, compare_vocab)
-    return stats
-
-def vocab_comparison(texts, words, sizes):
-    """For each vocabulary size: a byte-level BPE trained on these texts by Hugging Face `tokenizers` (GPT-2's
-    pre-tokenizer and byte alphabet), measured on the same texts, so it fits them better than GPT-2's
-    vocabulary, learned on WebText, can."""
-    try:
-        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    except ImportError:
-        raise ValueError("--compare-vocab needs Hugging Face's tokenizers library: pip install tokenizers") from None
-    chars = sum(len(text) for text in texts)
-    chunks = list(words)
-    rows = []
-    for size in sizes:
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        trainer = trainers.BpeTrainer(vocab_size=size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=False)
-        tokenizer.train_from_iterator(texts, trainer)
-        tokens = sum(len(encoding.ids) for encoding in tokenizer.encode_batch(texts))
-        chunk_tokens = dict(zip(chunks, (len(encoding.ids) for encoding in tokenizer.encode_batch(chunks))))
-        rows.append({"vocab_size": size, "trained_vocab_size": tokenizer.get_vocab_size(), "tokens": tokens,
-                     "chars_per_token": chars / max(tokens, 1), "words": fragmentation(words, chunk_tokens.__getitem__)})
-    return rows
-
-def print_stats(stats):
-    print(f"{stats['scope']}: {stats['documents']:,} documents, "
-          f"{stats['tokens']:,} tokens, {stats['characters']:,} characters, {stats['bytes']:,} bytes; "
-          f"{stats['chars_per_token']:.2f} characters and {stats['bytes_per_token']:.2f} bytes per token")
-    per_doc = stats["tokens_per_document"]
-    print("tokens per document: " + ", ".join(f"{key} {value:,.0f}" for key, value in per_doc.items()))
-    print(f"{'word frequency':>14s} {'types':>9s} {'words':>11s}  {'1 tok':>6s} {'2 tok':>6s} {'3 tok':>6s} "
-          f"{'4+ tok':>6s} {'tok/word':>8s}")
-    for row in stats["words"]["by_frequency"] + [stats["words"]["all"]]:
-        shares = " ".join(f"{100 * row['share'][k]:5.1f}%" for k in ("1", "2", "3", "4+"))
-        print(f"{row['bucket']:>14s} {row['types']:9,d} {row['occurrences']:11,d}  {shares} {row['tokens_per_word']:8.2f}")
-    if stats.get("vocab_comparison"):
-        print("byte-level BPE trained on these documents (tokenizers), measured on them; GPT-2 for comparison:")
-        print(f"{'vocab':>7s} {'chars/tok':>9s} {'tok/word':>8s} {'tok/word, words seen once':>26s}")
-        gpt2 = {"vocab_size": "gpt2", "chars_per_token": stats["chars_per_token"], "words": stats["words"]}
-        for row in stats["vocab_comparison"] + [gpt2]:
-            once = next((b["tokens_per_word"] for b in row["words"]["by_frequency"] if b["bucket"] == "1"), None)
-            print(f"{row['vocab_size']:>7} {row['chars_per_token']:9.2f} {row['words']['all']['tokens_per_word']:8.2f} "
-                  f"{'-' if once is None else f'{once:.2f}':>26s}")
-
-def write_stats(docs, out_dir, max_docs, num_proc, of_what, available=None, compare_vocab=()):
-    """Measure the first max_docs documents (None: all), print the statistics and write out_dir/stats.json.
-    of_what: "in the shards" or "of the corpus"; available: how many documents there are, if known."""
-    limit = max_docs if available is None else min(max_docs or available, available)
-    stats = {"scope": None, **corpus_stats(docs, limit, num_proc, compare_vocab)}
-    partial = max_docs is not None and stats["documents"] == max_docs and max_docs != available
-    stats["scope"] = f"the first {stats['documents']:,} documents {of_what}" if partial else f"every document {of_what}"
-    print_stats(stats)
-    os.makedirs(out_dir, exist_ok=True)
-    save_json_atomically(os.path.join(out_dir, "stats.json"), stats)
-    print(f"wrote {os.path.join(out_dir, 'stats.json')}")
-    return stats
-
-# -----------------------------------------------------------------------------
 
 def count(text):
     """A positive whole number, also written like 1e9."""
@@ -673,16 +537,6 @@ def count(text):
     if not (value >= 1 and value.is_integer()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(value)
-
-def vocab_sizes(text):
-    """A comma-separated list of vocabulary sizes, each at least 257 (the 256 bytes and one merge)."""
-    try:
-        sizes = [int(float(size)) for size in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-    if not sizes or min(sizes) < 257:
-        raise argparse.ArgumentTypeError(f"vocabulary sizes must be at least 257, got {text!r}")
-    return sizes
 
 def corpus_documents(args):
     """(documents, source): the corpus the flags name, as a fresh iterator of texts."""
@@ -698,12 +552,6 @@ def corpus_documents(args):
 
 def main(args):
     out_dir = args.out_dir or ("demo_shards" if args.demo else "edu_fineweb10B")
-    if args.stats_only:
-        if args.download:
-            raise ValueError("--stats-only measures a corpus of text; --download fetches tokens")
-        write_stats(corpus_documents(args)[0], args.out_dir or ".", args.stats_docs or None, args.num_proc,
-                    "of the corpus", compare_vocab=args.compare_vocab)
-        return
     created = not os.path.exists(out_dir)
     check_writable(out_dir)  # now, not after an hour of download
     try:
@@ -734,11 +582,6 @@ def make_shards(args, out_dir):
     docs, source = corpus_documents(args)
     shard_size = args.shard_size or (500_000 if args.demo else 10**8)
     write_shards(docs, out_dir, shard_size, args.max_tokens, args.num_proc, source=source)
-    if not args.no_stats:
-        with open(os.path.join(out_dir, PROGRESS_FILE)) as f:
-            doc_index, offset = json.load(f)["starts"][-1]  # where the shards end
-        write_stats(corpus_documents(args)[0], out_dir, args.stats_docs or None, args.num_proc, "in the shards",
-                    available=doc_index + (offset > 0), compare_vocab=args.compare_vocab)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Tokenize FineWeb-Edu (or a local corpus) into GPT-2 uint16 shards.")
@@ -760,13 +603,6 @@ if __name__ == "__main__":
     add("--shard-size", type=count, help="tokens per shard (default: 1e8, or 5e5 with --demo)")
     add("--max-tokens", type=count, help="stop after this many tokens, e.g. 1e9")
     add("--num-proc", type=count, default=os.cpu_count(), help="tokenizer processes (default: all cores)")
-    add("--stats-docs", type=int, default=100_000, help="after the shards, tokenizer statistics (stats.json beside "
-        "them) over the first N documents; 0: all of them")
-    add("--no-stats", action="store_true", help="no stats.json after the shards")
-    add("--compare-vocab", type=vocab_sizes, default=(), metavar="8000,16000,...", help="in stats.json also: "
-        "byte-level BPEs of these sizes trained on the measured documents with Hugging Face tokenizers")
-    add("--stats-only", action="store_true", help="only the statistics: print them and write stats.json in "
-        "--out-dir (default: the current directory), no shards")
     args = parser.parse_args()
     try:
         main(args)

@@ -39,6 +39,10 @@ def run_fineweb(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, os.path.join(REPO, "fineweb.py"), *map(str, args)],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
+def run_tokenizer_stats(*args):
+    return subprocess.run([sys.executable, "-m", "dev.tokenizer_stats", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
 def offline_hf_env(tmp_path):
     return dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
 
@@ -562,7 +566,7 @@ def test_download_killed_midway_resumes_byte_identical(hub, tmp_path):
     assert not [n for n in os.listdir(out_dir) if n.endswith(".part")]
 
 # -----------------------------------------------------------------------------
-# tokenizer statistics (stats.json)
+# tokenizer statistics (dev/tokenizer_stats.py, stats.json)
 
 STATS_DOCS = ["the cat sat on the mat", "The zyzzyvaqx and the cat", "naïve café 42 don't\nstop", ""]
 
@@ -579,8 +583,8 @@ def test_stats_counts_are_exact_on_a_small_corpus(tmp_path):
     with open(tmp_path / "corpus.jsonl", "w", encoding="utf-8") as f:
         for doc in STATS_DOCS:
             f.write(json.dumps({"text": doc}) + "\n")
-    result = run_fineweb("--stats-only", "--local-files", tmp_path / "corpus.jsonl", "--out-dir", tmp_path / "out",
-                         "--num-proc", 1)
+    result = run_tokenizer_stats("--local-files", tmp_path / "corpus.jsonl", "--out-dir", tmp_path / "out",
+                                 "--num-proc", 1)
     assert result.returncode == 0, result.stderr
     assert not shard_files(tmp_path / "out")
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
@@ -588,7 +592,8 @@ def test_stats_counts_are_exact_on_a_small_corpus(tmp_path):
     assert stats["scope"] == "every document of the corpus"
     assert stats["documents"] == 4 and stats["tokens"] == sum(tokens)
     assert stats["characters"] == sum(len(doc) for doc in STATS_DOCS)
-    assert stats["bytes"] == sum(len(doc.encode("utf-8")) for doc in STATS_DOCS) == stats["characters"] + 2  # ï and é: 2 bytes each
+    # ï and é: 2 bytes each
+    assert stats["bytes"] == sum(len(doc.encode("utf-8")) for doc in STATS_DOCS) == stats["characters"] + 2
     assert stats["chars_per_token"] == pytest.approx(stats["characters"] / stats["tokens"])
     assert stats["tokens_per_document"]["p0"] == 0 and stats["tokens_per_document"]["p100"] == max(tokens)
     assert stats["tokens_per_document"]["p50"] == float(np.median(tokens))
@@ -609,25 +614,42 @@ def test_stats_counts_are_exact_on_a_small_corpus(tmp_path):
     assert "word frequency" in result.stdout and "wrote" in result.stdout
 
 
-def test_a_run_writes_stats_beside_the_shards_for_the_documents_in_them(tmp_path):
+def test_data_dir_measures_the_documents_in_the_shards(tmp_path):
     (tmp_path / "c.txt").write_text(" ".join(["word"] * 100))
     (tmp_path / "d.txt").write_text("never read")
     out = tmp_path / "out"
     result = run_fineweb("--local-files", tmp_path / "c.txt", tmp_path / "d.txt", "--out-dir", out,
                          "--max-tokens", 50, "--num-proc", 1)
     assert result.returncode == 0, result.stderr
+    assert not os.path.exists(out / "stats.json")  # tokenizing no longer measures
+    result = run_tokenizer_stats("--data-dir", out, "--num-proc", 1)
+    assert result.returncode == 0, result.stderr
     stats = json.loads((out / "stats.json").read_text())
     assert stats["documents"] == 1 and stats["scope"] == "every document in the shards"
     assert stats["words"]["all"]["occurrences"] == 100  # the whole document, though the shards hold 50 tokens
-    assert not os.path.exists(tmp_path / "none" / "stats.json")
-    assert run_fineweb("--local-files", tmp_path / "c.txt", "--out-dir", tmp_path / "none", "--no-stats").returncode == 0
-    assert not os.path.exists(tmp_path / "none" / "stats.json")
+    assert run_tokenizer_stats("--data-dir", out, "--max-docs", 1, "--num-proc", 1).returncode == 0
+    assert json.loads((out / "stats.json").read_text())["scope"] == "every document in the shards"
+
+
+def test_data_dir_refuses_what_it_cannot_read_again(tmp_path):
+    (tmp_path / "c.txt").write_text("the cat sat on the mat")
+    assert run_fineweb("--local-files", tmp_path / "c.txt", "--out-dir", tmp_path / "out").returncode == 0
+    os.utime(tmp_path / "c.txt", ns=(0, 0))  # the file changed since it was tokenized
+    changed = run_tokenizer_stats("--data-dir", tmp_path / "out")
+    no_progress = run_tokenizer_stats("--data-dir", tmp_path)  # downloaded shards, or none: no fineweb_progress.json
+    errors = [(changed, "is not the one fineweb.py tokenized"), (no_progress, "no fineweb_progress.json")]
+    for result, message in errors:
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    other_corpus = run_tokenizer_stats("--data-dir", tmp_path / "out", "--text-field", "body")
+    assert other_corpus.returncode == 2 and "would name another" in other_corpus.stderr
+    assert not os.path.exists(tmp_path / "out" / "stats.json")
 
 
 def test_vocab_comparison_trains_real_bpe_tokenizers(tmp_path):
     (tmp_path / "c.txt").write_text("the cat sat on the mat and the other cat sat on the hat\n" * 20)
-    result = run_fineweb("--stats-only", "--local-files", tmp_path / "c.txt", "--out-dir", tmp_path,
-                         "--compare-vocab", "300,400", "--num-proc", 1)
+    result = run_tokenizer_stats("--local-files", tmp_path / "c.txt", "--out-dir", tmp_path,
+                                 "--compare-vocab", "300,400", "--num-proc", 1)
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "stats.json").read_text())["vocab_comparison"]
     assert [row["vocab_size"] for row in rows] == [300, 400]
@@ -635,8 +657,9 @@ def test_vocab_comparison_trains_real_bpe_tokenizers(tmp_path):
     assert rows[0]["tokens"] >= rows[1]["tokens"]  # more merges, fewer tokens
     assert rows[1]["words"]["all"]["occurrences"] == 20 * 14
     assert "byte-level BPE trained on these documents" in result.stdout
-    bad = run_fineweb("--stats-only", "--local-files", tmp_path / "c.txt", "--compare-vocab", "100")
+    bad = run_tokenizer_stats("--local-files", tmp_path / "c.txt", "--compare-vocab", "100")
     assert bad.returncode == 2 and "at least 257" in bad.stderr
+
 
 
 def test_shard_readers_read_npy_and_llmc_bin_shards(tmp_path):
