@@ -126,7 +126,8 @@ def vocab_comparison(texts, words, sizes):
         tokens = sum(len(encoding.ids) for encoding in tokenizer.encode_batch(texts))
         chunk_tokens = dict(zip(chunks, (len(encoding.ids) for encoding in tokenizer.encode_batch(chunks))))
         rows.append({"vocab_size": size, "trained_vocab_size": tokenizer.get_vocab_size(), "tokens": tokens,
-                     "chars_per_token": chars / max(tokens, 1), "words": fragmentation(words, chunk_tokens.__getitem__)})
+                     "chars_per_token": chars / max(tokens, 1),
+                     "words": fragmentation(words, chunk_tokens.__getitem__)})
     return rows
 
 def print_stats(stats):
@@ -139,7 +140,8 @@ def print_stats(stats):
           f"{'4+ tok':>6s} {'tok/word':>8s}")
     for row in stats["words"]["by_frequency"] + [stats["words"]["all"]]:
         shares = " ".join(f"{100 * row['share'][k]:5.1f}%" for k in ("1", "2", "3", "4+"))
-        print(f"{row['bucket']:>14s} {row['types']:9,d} {row['occurrences']:11,d}  {shares} {row['tokens_per_word']:8.2f}")
+        print(f"{row['bucket']:>14s} {row['types']:9,d} {row['occurrences']:11,d}  {shares} "
+              f"{row['tokens_per_word']:8.2f}")
     if stats.get("vocab_comparison"):
         print("byte-level BPE trained on these documents (tokenizers), measured on them; GPT-2 for comparison:")
         print(f"{'vocab':>7s} {'chars/tok':>9s} {'tok/word':>8s} {'tok/word, words seen once':>26s}")
