@@ -16,6 +16,7 @@ model FLOPs of model.flops_per_token (6*N + 6*n_layer*n_embd*T) against the devi
 """
 
 import argparse
+import dataclasses
 import math
 import os
 import resource
@@ -457,10 +458,29 @@ def try_run(failures, name, function, *function_args):
         return None
 
 
+@dataclasses.dataclass
+class Comparison:
+    """What run_compare measured, per variant named by describe() (the baseline first). A variant in failures
+    has no figures: it could not be built, warmed up or timed here."""
+    names: list
+    round_times: dict  # name -> per round, the seconds of each of its steps
+    step_memory: dict  # name -> bytes (CUDA): peak allocated during its steps above what was allocated before them
+    warmup_s: dict  # name -> seconds of its warm-up steps, compile included
+    failures: dict  # name -> "unavailable: <reason>"
+    warmup_steps: int
+    steps_per_round: int
+
+    def ratios(self, name):
+        """Per round, the variant's tokens/s over the baseline's: the baseline's median step time over its own."""
+        baseline_rounds = self.round_times[self.names[0]]
+        return [statistics.median(base) / statistics.median(own)
+                for base, own in zip(baseline_rounds, self.round_times[name])]
+
+
 def run_compare(args):
     """Time the variants in one process: all warmed up first, then --rounds rounds in interleaved, rotating
-    order (A B C D, B C D A, ...) so drift on a shared machine hits them alike. A ratio is the baseline's median
-    step time over the variant's in the same round (= tokens/s over the baseline's), median over rounds."""
+    order (A B C D, B C D A, ...) so drift on a shared machine hits them alike. Returns a Comparison, which
+    print_compare_table prints (dev/bench_suite.py reports it its own way)."""
     settings = compare_settings(args)
     names = [describe(args, **s) for s in settings]
     warmup_steps = max(args.warmup, 1)  # at least one: it is where compile happens and failures show up
@@ -491,29 +511,32 @@ def run_compare(args):
             round_times[name].append(times)
             if args.device_type == "cuda":
                 step_memory[name] = max(step_memory[name], torch.cuda.max_memory_allocated() - resident)
+    del steps  # the variants' models and optimizers: free for whatever the caller runs next
+    free_device_memory(args.device_type)
     if names[0] in failures:
         raise BenchError(f"the baseline ({names[0]}) cannot run here: {failures[names[0]]}")
-    print_compare_table(args, names, round_times, step_memory, warmup_s, failures, warmup_steps, steps_per_round)
+    return Comparison(names, round_times, step_memory, warmup_s, failures, warmup_steps, steps_per_round)
 
 
-def print_compare_table(args, names, round_times, step_memory, warmup_s, failures, warmup_steps, steps_per_round):
-    print(f"compare: warm-up {warmup_steps} steps each, then {args.rounds} rounds x {steps_per_round} steps, "
+def print_compare_table(args, comparison):
+    """A ratio is the median over rounds of Comparison.ratios (min-max shown)."""
+    c = comparison
+    print(f"compare: warm-up {c.warmup_steps} steps each, then {args.rounds} rounds x {c.steps_per_round} steps, "
           f"interleaved; ratio = tokens/s over the baseline's, median over rounds (min-max)")
     cuda = args.device_type == "cuda"
-    labels = [("baseline: " if i == 0 else "") + name for i, name in enumerate(names)]
+    labels = [("baseline: " if i == 0 else "") + name for i, name in enumerate(c.names)]
     width = max(len(label) for label in labels)
     print(f"{'variant':<{width}} {'tokens/s':>12} {'ms/step':>9} {'ratio':>18} {'MFU':>8} {'warm-up s':>10}"
           + (f" {'step mem MiB':>13}" if cuda else ""))
-    for name, label in zip(names, labels):
-        if name in failures:
-            print(f"{label:<{width}} {failures[name]}")
+    for name, label in zip(c.names, labels):
+        if name in c.failures:
+            print(f"{label:<{width}} {c.failures[name]}")
             continue
-        ms, tokens_per_sec, mfu = figures(args, [t for times in round_times[name] for t in times])
-        ratios = [statistics.median(base) / statistics.median(own)
-                  for base, own in zip(round_times[names[0]], round_times[name])]
+        ms, tokens_per_sec, mfu = figures(args, [t for times in c.round_times[name] for t in times])
+        ratios = c.ratios(name)
         ratio = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
         print(f"{label:<{width}} {tokens_per_sec:>12,.0f} {ms:>9.2f} {ratio:>18} {format_mfu(mfu):>8} "
-              f"{warmup_s[name]:>10.2f}" + (f" {step_memory[name] / 2**20:>13,.0f}" if cuda else ""))
+              f"{c.warmup_s[name]:>10.2f}" + (f" {c.step_memory[name] / 2**20:>13,.0f}" if cuda else ""))
     if cuda:
         print("step mem: peak allocated during the variant's steps above what was allocated before them (the "
               "weights and optimizer states of all variants stay resident)")
@@ -621,7 +644,7 @@ def main(argv=None):
         return
     print_header(args)
     if args.compare:
-        run_compare(args)
+        print_compare_table(args, run_compare(args))
     else:
         run_single(args)
 

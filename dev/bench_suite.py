@@ -97,41 +97,22 @@ def part_throughput(size, device):
 
 
 def part_variants(size, device):
-    """Eager against compiled, foreach against fused AdamW, manual against flash attention, each against the
-    default fast path, at the smallest batch: warmed up, then interleaved rounds in rotating order."""
-    args = bench_args(size, device, size["batch_sizes"][0])
-    fused = args.device_type == "cuda"
-    other_adamw = "foreach AdamW" if fused else "fused AdamW"  # fused is the default on CUDA only
-    variants = {"baseline": dict(compile=True, fused=fused, attention="flash"),
-                "eager": dict(compile=False, fused=fused, attention="flash"),
-                other_adamw: dict(compile=True, fused=not fused, attention="flash"),
-                "manual attention": dict(compile=True, fused=fused, attention="manual")}
-    steps, errors = {}, {}
-    for name, variant in variants.items():
-        try:
-            step = bench.make_train_step(args, **variant)[0]
-            bench.warm_up(step, max(args.warmup, 1), args.device_type)
-            steps[name] = step
-        except Exception as e:
-            errors[name] = error_line(e)
-            free(args.device_type)
-    if "baseline" not in steps:
-        return dict(error=errors["baseline"])
-    per_round = max(1, args.steps // size["rounds"])
-    medians = {name: [] for name in steps}
-    names = list(steps)
-    for r in range(size["rounds"]):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            medians[name].append(statistics.median(bench.time_steps(steps[name], per_round, args.device_type)))
+    """bench.py --compare at the smallest batch (bench.run_compare): eager against compiled, foreach against fused
+    AdamW, manual against flash attention, each against the default fast path, in interleaved rounds."""
+    args = bench_args(size, device, size["batch_sizes"][0], compare=True, rounds=size["rounds"])
+    comparison = bench.run_compare(args)
+    baseline = comparison.names[0]
+    ms, _, _ = bench.figures(args, [t for times in comparison.round_times[baseline] for t in times])
     ratios = {}
-    for name in names[1:]:
-        per_round_ratios = [base / own for base, own in zip(medians["baseline"], medians[name])]
-        ratios[name] = dict(ratio=statistics.median(per_round_ratios), min=min(per_round_ratios),
-                            max=max(per_round_ratios))
-    del steps
-    free(args.device_type)
-    return dict(batch_size=args.batch_size, baseline=bench.describe(args, True, fused, "flash"),
-                baseline_ms=statistics.median(medians["baseline"]) * 1000, ratios=ratios, errors=errors)
+    for name in comparison.names[1:]:
+        if name in comparison.failures:
+            continue
+        per_round = comparison.ratios(name)
+        ratios[name] = dict(ratio=statistics.median(per_round), min=min(per_round), max=max(per_round))
+        if args.device_type == "cuda":
+            ratios[name]["step_memory_mib"] = comparison.step_memory[name] / 2**20
+    return dict(batch_size=args.batch_size, baseline=baseline, baseline_ms=ms, ratios=ratios,
+                errors=comparison.failures)
 
 
 def part_fp16(size, device):
@@ -323,10 +304,12 @@ def markdown(report):
     def variants(part):
         lines.append(f"baseline: {part['baseline']}, B={part['batch_size']}, {part['baseline_ms']:.2f} ms/step; "
                      f"ratio = tokens/s over the baseline's (median of rounds, min-max)")
-        lines.extend(["| variant | ratio |", "|---|---|"])
-        lines.extend(f"| {name} | {r['ratio']:.2f}x ({r['min']:.2f}-{r['max']:.2f}) |"
-                     for name, r in part["ratios"].items())
-        lines.extend(f"| {name} | {why} |" for name, why in part["errors"].items())
+        lines.append("step memory: peak allocated during the variant's steps above what was allocated before them "
+                     "(CUDA only)")
+        lines.extend(["| variant | ratio | step memory MiB |", "|---|---|---|"])
+        lines.extend(f"| {name} | {r['ratio']:.2f}x ({r['min']:.2f}-{r['max']:.2f}) | "
+                     f"{fmt(r.get('step_memory_mib'))} |" for name, r in part["ratios"].items())
+        lines.extend(f"| {name} | {why} | |" for name, why in part["errors"].items())
 
     def fp16(part):
         lines.append(f"{part['dtype']}: {fmt(part['tokens_per_sec'])} tokens/s, {part['ms_per_step']:.2f} ms/step, "

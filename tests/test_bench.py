@@ -201,7 +201,10 @@ def test_a_variant_that_cannot_run_is_a_row_not_a_crash(monkeypatch, capsys):
         raise RuntimeError("no kernel for this\nsecond line")
     monkeypatch.setattr(bench, "use_manual_attention", broken)
     args = tiny_args("--compare", "--steps", "2", "--rounds", "2", "--warmup", "1", "--compile-backend", "eager")
-    bench.run_compare(args)
+    comparison = bench.run_compare(args)
+    assert list(comparison.failures) == ["eager, AdamW for-loop, manual attention"]
+    assert len(comparison.ratios("compiled (eager), AdamW for-loop, flash attention")) == 2  # one per round
+    bench.print_compare_table(args, comparison)
     out = capsys.readouterr().out
     assert re.search(r"^eager, AdamW for-loop, manual attention +unavailable: RuntimeError: no kernel for this$", out,
                      re.M)
@@ -273,7 +276,11 @@ def test_suite_smoke_runs_every_part_and_writes_markdown_and_json(tmp_path):
     assert all("error" not in row for row in parts["throughput"])
     assert all("error" not in part for name, part in parts.items() if name != "throughput")
     assert [row["batch_size"] for row in parts["throughput"]] == [2, 4]
-    assert set(parts["variants"]["ratios"]) == {"eager", "fused AdamW", "manual attention"}  # CPU: for-loop AdamW
+    # the variants are bench.py --compare's, named as its table names them (CPU: eager and for-loop AdamW default)
+    assert parts["variants"]["baseline"] == "eager, AdamW for-loop, flash attention"
+    assert set(parts["variants"]["ratios"]) == {"compiled (eager), AdamW for-loop, flash attention",
+                                                 "eager, AdamW fused, flash attention",
+                                                 "eager, AdamW for-loop, manual attention"}
     assert parts["train_script"]["steps"] == 6 and parts["train_script"]["ratio"] > 0
     assert parts["hellaswag"]["same_predictions"] and parts["generation"]["same_tokens_fraction"] == 1.0
     assert parts["big_model"]["one_rank"]["peak_memory_mib"] > 0
