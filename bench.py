@@ -3,7 +3,7 @@ Training throughput and MFU of GPT-2, measured on random tokens with train_gpt2.
 
     python bench.py                                 # GPT-2 124M, B=64, T=1024, bf16, compiled (CPU: a tiny model)
     python bench.py --batch-size 32 --grad-accum 2  # the same tokens per step in half the activation memory
-    python bench.py --compare                       # eager/compiled, fused/foreach AdamW, flash/manual attention
+    python bench.py --compare                       # eager/compiled, fused/foreach AdamW, flash/explicit attention
     python bench.py --profile                       # and then the top kernels from torch.profiler
     python bench.py --memory --model gpt2-xl --world-size 8 --gpu-mem 24   # what fits, before renting (memory.py)
 
@@ -28,7 +28,6 @@ from datetime import date
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from hardware import pick_dtype
 import memory
@@ -222,33 +221,24 @@ def to_device(rows, device):
 
 
 # -----------------------------------------------------------------------------
-# manual attention: the (B, nh, T, T) scores written out, for the "flash vs manual" comparison
+# explicit attention: model.py's own attention with the (B, nh, T, T) scores written out, for "flash vs explicit"
 
 
-def manual_attention_forward(self, x, kv_cache=None, layer=0, head_mask=None):
-    """model.CausalSelfAttention.forward with scaled_dot_product_attention spelled out as nanoGPT's slow path:
-    scores, causal mask, softmax, weighted sum. Same math, but the T x T matrix goes through memory."""
-    assert kv_cache is None and head_mask is None, "manual attention is for training only"
-    B, T, C = x.size()
-    q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-    q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-    scores = scores.masked_fill(self.future_mask[:T, :T], float("-inf"))
-    y = F.softmax(scores, dim=-1) @ v
-    y = y.transpose(1, 2).contiguous().view(B, T, C)
-    return self.c_proj(y)
-
-
-def use_manual_attention(model):
-    """Switch this model instance (only) to manual attention; model.py and other instances are untouched."""
-    T = model.config.block_size
-    device = model.lm_head.weight.device
+def use_explicit_attention(model):
+    """Switch this model instance (only) to model.py's explicit attention path (CausalSelfAttention.keep_attention):
+    scores, causal mask and softmax written out, after the same QK-norm and RoPE, pruned heads included. So the
+    comparison times one function computed two ways, for every --arch; other instances are untouched."""
     for block in model.transformer.h:
-        attn = block.attn
-        attn.register_buffer("future_mask", torch.ones(T, T, dtype=torch.bool, device=device).triu(1),
-                             persistent=False)
-        attn.forward = manual_attention_forward.__get__(attn, type(attn))
+        block.attn.keep_attention = True
+        block.attn.register_forward_hook(drop_kept_attention)
     return model
+
+
+def drop_kept_attention(attn, inputs, output):
+    """The explicit path also keeps its softmax weights in attn.attention, for heads.py. Autograd holds its own
+    reference for backward, so we drop ours after each forward: otherwise n_layer (B, nh, T, T) tensors would live
+    on between steps, and --compare would count them as resident memory rather than as the variant's."""
+    attn.attention = None
 
 
 # -----------------------------------------------------------------------------
@@ -263,8 +253,8 @@ def make_train_step(args, compile=None, fused=None, attention="flash", batches=N
     device, device_type = args.device, args.device_type
     torch.manual_seed(args.seed)
     raw_model = GPT(args.config).to(device)
-    if attention == "manual":
-        use_manual_attention(raw_model)
+    if attention == "explicit":
+        use_explicit_attention(raw_model)
     if args.activation_checkpointing:
         memory.checkpoint_blocks(raw_model)
     model = torch.compile(raw_model, backend=args.compile_backend, mode=args.compile_mode) if compile else raw_model
@@ -445,7 +435,7 @@ def compare_settings(args):
     fused_default = args.device_type == "cuda"  # configure_optimizers' default, which train_gpt2.py uses
     baseline = dict(compile=args.compile, fused=fused_default, attention="flash")
     return [baseline, {**baseline, "compile": not args.compile}, {**baseline, "fused": not fused_default},
-            {**baseline, "attention": "manual"}]
+            {**baseline, "attention": "explicit"}]
 
 
 def try_run(failures, name, function, *function_args):

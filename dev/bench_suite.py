@@ -98,7 +98,7 @@ def part_throughput(size, device):
 
 def part_variants(size, device):
     """bench.py --compare at the smallest batch (bench.run_compare): eager against compiled, foreach against fused
-    AdamW, manual against flash attention, each against the default fast path, in interleaved rounds."""
+    AdamW, explicit against flash attention, each against the default fast path, in interleaved rounds."""
     args = bench_args(size, device, size["batch_sizes"][0], compare=True, rounds=size["rounds"])
     comparison = bench.run_compare(args)
     baseline = comparison.names[0]

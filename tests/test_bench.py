@@ -1,5 +1,6 @@
 import ast
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 import bench
 from model import GPT
@@ -77,7 +79,7 @@ def test_compare_table_has_every_variant():
     rows = {}
     for line in result.stdout.splitlines():
         for name in ("eager, AdamW for-loop, flash attention", "compiled (aot_eager), AdamW for-loop, flash attention",
-                     "eager, AdamW fused, flash attention", "eager, AdamW for-loop, manual attention"):
+                     "eager, AdamW fused, flash attention", "eager, AdamW for-loop, explicit attention"):
             if line.startswith(name) or line.startswith("baseline: " + name):
                 rows[name] = line
     assert len(rows) == 4, result.stdout
@@ -144,21 +146,36 @@ def test_make_args_is_the_command_line_as_keywords():
 # what the figures stand for
 
 
-def test_manual_attention_gives_the_flash_loss_and_gradients():
-    # the "flash vs manual" ratio is only fair if both compute the same thing
-    args = tiny_args()
+@pytest.mark.parametrize("arch, layer_heads", [("gpt2", None), ("llama", None), ("modern", None), ("postln", None),
+                                                ("gpt2", [1, 2])])
+def test_explicit_attention_is_the_models_own_forward(arch, layer_heads, monkeypatch):
+    # --compare's "flash vs explicit attention" ratio is only fair if both compute one function: for every --arch the
+    # explicit path must come after the same RoPE (llama, modern) and QK-norm (modern), over the same pruned heads
+    args = tiny_args("--arch", arch)
     torch.manual_seed(0)
-    flash = GPT(args.config)
-    manual = bench.use_manual_attention(copy.deepcopy(flash))
+    flash = GPT(dataclasses.replace(args.config, layer_heads=layer_heads))
+    with torch.no_grad():  # away from the init, whose zeroed projections (modern) would hide a wrong attention
+        for p in flash.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    explicit = bench.use_explicit_attention(copy.deepcopy(flash))
     x, y = bench.to_device(random_rows(args, batch_size=4), "cpu")
-    _, flash_loss = flash(x, y)
-    _, manual_loss = manual(x, y)
-    assert manual_loss.item() == pytest.approx(flash_loss.item(), abs=1e-5)
+    flash_logits, flash_loss = flash(x, y)
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("the explicit path called scaled_dot_product_attention")
+    monkeypatch.setattr(F, "scaled_dot_product_attention", no_sdpa)  # the compared function really is the other one
+    explicit_logits, explicit_loss = explicit(x, y)
+    # fp32 on both sides, so they differ only in the order SDPA's CPU kernel sums in (blocked, online softmax): a
+    # few float32 epsilons (1.2e-7) per value; measured at most 1.2e-6 on these logits and 1.2e-7 on the gradients,
+    # so 1e-5 keeps a margin, while bench's old copy without RoPE and QK-norm was off by 1.0 in the logits
+    torch.testing.assert_close(explicit_logits, flash_logits, atol=1e-5, rtol=1e-5)
+    assert explicit_loss.item() == pytest.approx(flash_loss.item(), abs=1e-5)
     flash_loss.backward()
-    manual_loss.backward()
-    for (name, p), q in zip(flash.named_parameters(), manual.parameters()):
+    explicit_loss.backward()
+    for (name, p), q in zip(flash.named_parameters(), explicit.parameters()):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
-    assert not any("future_mask" in key for key in manual.state_dict())  # checkpoints stay model.py's
+    assert explicit.state_dict().keys() == flash.state_dict().keys()  # checkpoints stay model.py's
+    assert all(block.attn.attention is None for block in explicit.transformer.h)  # nothing kept between steps
 
 
 def test_step_trains_the_model():
@@ -199,14 +216,14 @@ def test_random_batches_look_like_the_shard_loaders():
 def test_a_variant_that_cannot_run_is_a_row_not_a_crash(monkeypatch, capsys):
     def broken(model):
         raise RuntimeError("no kernel for this\nsecond line")
-    monkeypatch.setattr(bench, "use_manual_attention", broken)
+    monkeypatch.setattr(bench, "use_explicit_attention", broken)
     args = tiny_args("--compare", "--steps", "2", "--rounds", "2", "--warmup", "1", "--compile-backend", "eager")
     comparison = bench.run_compare(args)
-    assert list(comparison.failures) == ["eager, AdamW for-loop, manual attention"]
+    assert list(comparison.failures) == ["eager, AdamW for-loop, explicit attention"]
     assert len(comparison.ratios("compiled (eager), AdamW for-loop, flash attention")) == 2  # one per round
     bench.print_compare_table(args, comparison)
     out = capsys.readouterr().out
-    assert re.search(r"^eager, AdamW for-loop, manual attention +unavailable: RuntimeError: no kernel for this$", out,
+    assert re.search(r"^eager, AdamW for-loop, explicit attention +unavailable: RuntimeError: no kernel for this$", out,
                      re.M)
     assert re.search(r"^compiled \(eager\), AdamW for-loop, flash attention +[\d,]+ ", out, re.M)
 
@@ -227,7 +244,7 @@ def test_cuda_run_and_compare():
     assert "(torch.cuda.max_memory_allocated)" in result.stdout
     result = run_bench(*small, "--compare", "--steps", "4", "--rounds", "2", "--warmup", "2")
     assert result.returncode == 0, result.stderr
-    for name in ("eager, AdamW fused", "AdamW foreach", "manual attention"):
+    for name in ("eager, AdamW fused", "AdamW foreach", "explicit attention"):
         assert name in result.stdout
 
 
@@ -280,7 +297,7 @@ def test_suite_smoke_runs_every_part_and_writes_markdown_and_json(tmp_path):
     assert parts["variants"]["baseline"] == "eager, AdamW for-loop, flash attention"
     assert set(parts["variants"]["ratios"]) == {"compiled (eager), AdamW for-loop, flash attention",
                                                  "eager, AdamW fused, flash attention",
-                                                 "eager, AdamW for-loop, manual attention"}
+                                                 "eager, AdamW for-loop, explicit attention"}
     assert parts["train_script"]["steps"] == 6 and parts["train_script"]["ratio"] > 0
     assert parts["hellaswag"]["same_predictions"] and parts["generation"]["same_tokens_fraction"] == 1.0
     assert parts["big_model"]["one_rank"]["peak_memory_mib"] > 0
