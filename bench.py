@@ -29,9 +29,8 @@ from datetime import date
 import numpy as np
 import torch
 
-from hardware import pick_dtype
 import memory
-from hardware import estimate_mfu, format_mfu
+from hardware import estimate_mfu, format_mfu, pick_dtype
 from model import ARCHS, FLOPS_CONVENTION, GPT, GPTConfig, PRESETS, flops_per_token
 
 # -----------------------------------------------------------------------------
@@ -385,8 +384,9 @@ def print_header(args):
     with torch.device("meta"):  # counts only: no memory, no init
         n_params = GPT(c).num_params()
     note = " (a smoke-test model, not GPT-2)" if args.model == "tiny" else ""
-    print(f"model: {args.model}{note} | arch {args.arch} ({c.mlp} MLP of width {c.mlp_hidden or 4 * c.n_embd}) | n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd} "
-          f"vocab_size={c.vocab_size} | {n_params:,} parameters")
+    mlp_width = c.mlp_hidden or 4 * c.n_embd  # 0 means GPT-2's 4 * n_embd
+    print(f"model: {args.model}{note} | arch {args.arch} ({c.mlp} MLP of width {mlp_width}) | n_layer={c.n_layer} "
+          f"n_head={c.n_head} n_embd={c.n_embd} vocab_size={c.vocab_size} | {n_params:,} parameters")
     print(f"batch: B={args.batch_size} T={args.seq_len} grad_accum={args.grad_accum} | "
           f"{tokens_per_step(args):,} tokens/step | dtype {args.dtype}")
     print(f"flops/token: {flops_per_token(c, args.seq_len):.4g} (6*N + 6*n_layer*n_embd*T, model.flops_per_token)")
