@@ -262,7 +262,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the saved weights")
     parser.add_argument("--force", action="store_true", help="replace out_dir if it exists and is not empty")
     args = parser.parse_args(argv)
-    checkpoint = resolve_checkpoint_path(args.checkpoint)
+    checkpoint = resolve_checkpoint_path(args.checkpoint, flag="")  # positional here, not -c
     step = export(checkpoint, args.out_dir, args.dtype, args.force)
     print(f"wrote {args.out_dir} from {checkpoint}" + (f" (step {step})" if step is not None else ""))
 

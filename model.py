@@ -20,15 +20,20 @@ A reader's map of the architecture fields (defaults = GPT-2) and the --arch pres
     tie_head        True                         lm_head shares wte's weight; untied: modern
     zero_init_proj  False                        attention and MLP output projections start at 0: modern
 
-Also here, because several scripts need them: checkpoint loading, Hugging Face weights (GPT-2 and Llama
-layouts), training FLOPs per token and MFU.
+Also here, because several scripts need them: checkpoint loading (each zip member's CRC-32 checked first), Hugging
+Face weights (GPT-2 and Llama layouts), training FLOPs per token and MFU.
 """
 
+import concurrent.futures
 import dataclasses
 import json
+import mmap
 import os
 import re
+import struct
 import warnings
+import zipfile
+import zlib
 
 import torch
 import torch.nn as nn
@@ -536,30 +541,160 @@ def find_checkpoints(log_dir):
     return sorted((int(m[1]), os.path.join(log_dir, n)) for n in names if (m := re.fullmatch(r"model_(\d+)\.pt", n)))
 
 
-def resolve_checkpoint_path(path):
-    """What -c means in every script: a checkpoint file, or a run directory (its newest model_XXXXX.pt)."""
+def resolve_checkpoint_path(path, flag="-c "):
+    """What -c means in every script: a checkpoint file, or a run directory (its newest model_XXXXX.pt).
+    `flag`: how the script's command line takes the path, for the hint to a subdirectory that holds checkpoints."""
     if os.path.isdir(path):
         found = find_checkpoints(path)
-        if not found:
-            raise FileNotFoundError(f"{path} holds no checkpoints (model_XXXXX.pt): train into it first, or pass a "
-                                    f"checkpoint file")
-        return found[-1][1]
+        if found:
+            return found[-1][1]
+        runs = [os.path.join(path, name, "") for name in sorted(os.listdir(path))
+                if find_checkpoints(os.path.join(path, name))]
+        if len(runs) == 1:
+            raise FileNotFoundError(f"{path} holds no checkpoints; {runs[0]} does: pass {flag}{runs[0]}")
+        if runs:
+            raise FileNotFoundError(f"{path} holds no checkpoints; its subdirectories {', '.join(runs)} do: pass one "
+                                    f"of them, e.g. {flag}{runs[-1]}")
+        raise FileNotFoundError(f"{path} holds no checkpoints (model_XXXXX.pt): train into it first, or pass a "
+                                f"checkpoint file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist: pass a checkpoint file or a run directory "
                                 f"such as log/")
     return path
 
 
+def fallback_checkpoint(path, log_dir=None):
+    """The checkpoint that a run directory (-c DIR, --resume auto) would give if `path` were moved out of it: the
+    newest other model_XXXXX.pt in `log_dir` (default: path's own directory), or None."""
+    log_dir = log_dir or os.path.dirname(path) or "."
+    others = [other for _, other in find_checkpoints(log_dir) if os.path.abspath(other) != os.path.abspath(path)]
+    return others[-1] if others else None
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint file whose bytes are not what torch.save wrote. `problem` completes "checkpoint PATH ..."; the
+    message adds what to do, which load_resume_checkpoint rewrites for a resume."""
+
+    def __init__(self, path, problem):
+        self.path, self.problem = path, problem
+        other = fallback_checkpoint(path)
+        advice = f"use another checkpoint, e.g. {other}" if other else "restore it from a copy, or train again"
+        super().__init__(f"checkpoint {path} {problem}; {advice}")
+
+
+# torch.save writes a zip archive of stored (uncompressed) members, each a local header, its bytes and a data
+# descriptor (CRC-32 and sizes), then the zip directory, which repeats each member's name, offset and CRC-32
+ZIP_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature, version, flags, method, time, date, CRC, sizes, name, extra
+ZIP_END = b"PK\x05\x06"  # the end-of-directory record's signature, in the last 64 KiB of a zip archive
+CORRUPTED = "it was corrupted after it was written"
+
+
+def check_checkpoint_file(path, workers=None):
+    """Raise CheckpointDamaged unless `path` is a whole zip archive in which every member's local header agrees
+    with the zip directory and every member's bytes have the CRC-32 the directory and data descriptor give. Reads
+    the file once, memory-mapped like torch.load(mmap=True), so the load that follows finds it in the page cache;
+    members go to `workers` threads (default: torch's thread count), as zlib.crc32 releases the GIL."""
+    with open(path, "rb") as f:
+        try:
+            with zipfile.ZipFile(f) as archive:
+                members = sorted(archive.infolist(), key=lambda member: member.header_offset)
+                directory_start = archive.start_dir
+        except Exception:  # on a damaged directory zipfile raises BadZipFile, but also OSError, struct.error, ...
+            raise CheckpointDamaged(path, unreadable_zip_problem(f)) from None
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    next_starts = [member.header_offset for member in members[1:]] + [directory_start]
+    with mapped, concurrent.futures.ThreadPoolExecutor(workers or min(torch.get_num_threads(), 8)) as pool:
+        problems = list(pool.map(zip_member_problem, [mapped] * len(members), members, next_starts))
+    if members and members[0].header_offset != 0:
+        problems.insert(0, f"is damaged (its zip directory puts the first member at byte {members[0].header_offset})"
+                           f": {CORRUPTED}")
+    problem = next((problem for problem in problems if problem), None)
+    if problem:
+        raise CheckpointDamaged(path, problem)
+
+
+def unreadable_zip_problem(f):
+    """Why zipfile cannot open a file: cut short or damaged at its end (where the zip directory is), or not a zip
+    archive at all."""
+    f.seek(0)
+    head = f.read(4)
+    f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 16) - 22))
+    if not head:
+        return "is empty: its write or copy was cut short"
+    if head == b"PK\x03\x04" or ZIP_END in f.read():
+        return ("is truncated or damaged at its end (its zip directory, which torch.save writes last, is missing or "
+                "unreadable)")
+    return ("is not a PyTorch checkpoint: it is not the zip archive that torch.save writes (another kind of file, "
+            "a checkpoint from before PyTorch 1.6, or overwritten)")
+
+
+def zip_member_problem(mapped, member, next_start):
+    """What is wrong with one member of a memory-mapped zip archive, or None. `next_start`: where the next member
+    (or the directory) begins, which its data descriptor must reach exactly."""
+    header_start = member.header_offset
+    header = mapped[header_start:header_start + ZIP_LOCAL_HEADER.size]
+    if len(header) < ZIP_LOCAL_HEADER.size:
+        return f"is damaged (its zip directory puts member {member.filename!r} past the end of the file): {CORRUPTED}"
+    signature, _, flags, method, _, _, *crc_and_sizes, name_size, extra_size = ZIP_LOCAL_HEADER.unpack(header)
+    name_start = header_start + ZIP_LOCAL_HEADER.size
+    start = name_start + name_size + extra_size
+    name = member.orig_filename.encode("utf-8" if member.flag_bits & 0x800 else "cp437")
+    central = (member.CRC, member.compress_size, member.file_size)
+    header_agrees = (signature == b"PK\x03\x04" and (flags, method) == (member.flag_bits, member.compress_type)
+                     and mapped[name_start:name_start + name_size] == name
+                     # 0: given in the data descriptor instead; 0xFFFFFFFF: in a zip64 record
+                     and all(local in (0, 0xFFFFFFFF, value) for local, value in zip(crc_and_sizes, central))
+                     and zip_extra_is_intact(mapped[name_start + name_size:start]))
+    if not header_agrees:
+        return f"is damaged (member {member.filename!r}'s local header disagrees with the zip directory): {CORRUPTED}"
+    if method != zipfile.ZIP_STORED:
+        return f"is damaged (member {member.filename!r} is compressed, which torch.save never does): {CORRUPTED}"
+    stop = start + member.compress_size
+    if stop > len(mapped):
+        return f"is damaged (its zip directory puts member {member.filename!r} past the end of the file): {CORRUPTED}"
+    with memoryview(mapped) as view:
+        crc = zlib.crc32(view[start:stop])
+    if crc != member.CRC:
+        return f"is damaged (member {member.filename!r} fails its CRC-32 check): {CORRUPTED}"
+    # the data descriptor: [signature], CRC-32 and the two sizes (64-bit in zip64 archives), up to the next member
+    descriptor = mapped[stop:next_start].removeprefix(b"PK\x07\x08") if 0 <= next_start - stop <= 24 else b""
+    sizes = {8: "<2L", 16: "<2Q"}.get(len(descriptor) - 4)
+    if flags & 0x08 and (not sizes or struct.unpack("<L", descriptor[:4]) + struct.unpack(sizes, descriptor[4:]) !=
+                         central):
+        return f"is damaged (the data descriptor after member {member.filename!r} disagrees with it): {CORRUPTED}"
+    if not flags & 0x08 and stop != next_start:
+        return f"is damaged (the zip directory's offsets disagree around member {member.filename!r}): {CORRUPTED}"
+    return None
+
+
+def zip_extra_is_intact(extra):
+    """A local header's extra field: whole (id, size, data) records, torch.save's alignment padding all 'Z's."""
+    while len(extra) >= 4:
+        kind, size = struct.unpack("<2sH", extra[:4])
+        if len(extra) < 4 + size or (kind == b"FB" and extra[4:4 + size] != b"Z" * size):
+            return False
+        extra = extra[4 + size:]
+    return not extra
+
+
 def load_checkpoint(path, map_location="cpu"):
-    """Read a checkpoint dict without executing pickled code (weights_only=True rejects anything but tensors
-    and plain containers), with one clear error for a missing, truncated or unsafe file."""
+    """Read a checkpoint dict, with one clear error for a missing, truncated, damaged or unsafe file: first every
+    member's CRC-32 (check_checkpoint_file), then torch.load with weights_only=True, which refuses anything but
+    tensors and plain containers, so no pickled code runs."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    check_checkpoint_file(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)  # mmap: no 2nd copy in RAM
     except Exception as e:
+        if "Weights only load failed" in str(e):
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch's wording varies: "Unsupported global: GLOBAL x"
+            what = found[1] if found else "an object"
+            raise ValueError(f"checkpoint {path} is unsafe to load: it pickles {what}, which is code, not tensors or "
+                             f"plain containers; use a checkpoint that train_gpt2.py wrote") from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load checkpoint {path}: corrupt, truncated or unsafe file ({reason[:200]})") from None
+        raise ValueError(f"cannot load checkpoint {path}: its bytes are intact, but torch.load cannot read what they "
+                         f"hold ({reason[:200]})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise ValueError(f"{path} is not a train_gpt2.py checkpoint (it needs 'model' and 'config' entries)")
     return checkpoint

@@ -49,8 +49,8 @@ import hardware
 import memory
 from distributed import destroy_process_group, init_process_group
 from hardware import estimate_mfu, format_mfu, peak_flops
-from model import (ARCH_FIELDS, ARCHS, CHOICES, FLOPS_CONVENTION, GPT, PRESETS, GPTConfig, checkpoint_config,
-                   find_checkpoints, flops_per_token, load_checkpoint)
+from model import (ARCH_FIELDS, ARCHS, CHOICES, FLOPS_CONVENTION, GPT, PRESETS, CheckpointDamaged, GPTConfig,
+                   checkpoint_config, fallback_checkpoint, find_checkpoints, flops_per_token, load_checkpoint)
 
 # -----------------------------------------------------------------------------
 # arguments: every default in one place
@@ -415,14 +415,23 @@ def resolve_resume(resume, log_dir):
     return resume
 
 
-def load_resume_checkpoint(path, config, optimizer_name):
-    """A training checkpoint for this model, read without executing any pickled code (weights_only=True)."""
+def load_resume_checkpoint(path, config, optimizer_name, log_dir):
+    """A training checkpoint for this model, whole (every CRC-32 checked) and read without executing any pickled
+    code (weights_only=True). A bad file's error names the checkpoint --resume auto takes once it is moved away."""
     try:
         checkpoint = load_checkpoint(path)
     except FileNotFoundError as e:
         raise FatalError(f"{e}: pass --resume auto, none, or the path of a checkpoint") from None
     except ValueError as e:
-        raise FatalError(f"{e}; delete it (--resume auto then takes the one before) or pass another --resume") from None
+        problem = f"checkpoint {path} {e.problem}" if isinstance(e, CheckpointDamaged) else str(e)
+        previous = fallback_checkpoint(path, log_dir)
+        auto = f"--resume auto, which then finds no checkpoint in {log_dir} and starts from scratch"
+        if previous:
+            auto = f"--resume auto, which then takes {previous}"
+        if os.path.abspath(os.path.dirname(path)) != os.path.abspath(log_dir):
+            raise FatalError(f"{problem}. Pass another --resume, e.g. {auto}") from None
+        raise FatalError(f"{problem}. Move it out of {log_dir} (keep it aside to inspect if you like) and run "
+                         f"again with {auto}") from None
     missing = {"optimizer", "loader", "rng", "step", "bad_steps", "recent_losses", "evals_done"} - checkpoint.keys()
     if missing:
         raise FatalError(f"{path} has weights but no training state ({', '.join(sorted(missing))}): it cannot be "
@@ -599,7 +608,7 @@ def main(argv=None):
         if args.max_steps == 0:
             raise FatalError(f"--epochs {args.epochs} is less than one step of {args.total_batch_size} tokens")
     resume_path = resolve_resume(args.resume, args.log_dir)  # the newest in the log dir (auto), a given one, or none
-    checkpoint = load_resume_checkpoint(resume_path, config, args.optimizer) if resume_path else None
+    checkpoint = load_resume_checkpoint(resume_path, config, args.optimizer, args.log_dir) if resume_path else None
     args.dtype = dtype  # what --dtype auto chose: a resume compares (and a checkpoint records) that
     resume_notes = check_resume_args(resume_path, checkpoint, args, world_size, checkpoint["step"]) if checkpoint else []
     if checkpoint:

@@ -587,9 +587,10 @@ BAD_INPUTS = {
     "seq-len above block size": (["--seq-len", "2048", "--total-batch-size", "8192"],
                                  r"--seq-len 2048 is longer than the model's block_size 1024"),
     "different model size": ("resume-other-size", r"model_00004\.pt holds a different model \(n_embd 32 vs 64\)"),
-    "corrupt checkpoint": ("resume-corrupt", r"cannot load checkpoint .*model_00099\.pt: corrupt, truncated or unsafe"),
+    "corrupt checkpoint": ("resume-corrupt", r"checkpoint .*model_00099\.pt is truncated or damaged at its end .*"
+                                             r"Move it out of .* --resume auto, which then takes .*model_00004\.pt"),
     "checkpoint without training state": ("resume-weights-only", r"model_00099\.pt has weights but no training state"),
-    "pickle that runs code": ("resume-evil", r"cannot load checkpoint .*evil\.pt: corrupt, truncated or unsafe"),
+    "pickle that runs code": ("resume-evil", r"checkpoint .*evil\.pt is unsafe to load: it pickles \S*mkdir"),
     "resume none over checkpoints": ("resume-none", r"--resume none, but .* already holds checkpoints"),
 }
 
