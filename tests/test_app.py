@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -352,15 +351,36 @@ def test_run_chart_is_plot_logs_figure_for_what_the_run_trained_on(tmp_path):
 # a real browser
 
 
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium and chromium-driver
+INSTALL_CHROMIUM = "sudo apt-get update && sudo apt-get install -y chromium chromium-driver"
+
+
 def chromium(tmp_path):
+    """Headless Debian chromium through its chromium-driver. Without them the test fails (never skips) in one line
+    that names the install command, not with Selenium's NoSuchDriverException after a driver download that cannot
+    work offline."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not found: the browser test needs Debian's chromium and chromium-driver: "
+                    f"{INSTALL_CHROMIUM}", pytrace=False)
     for name, value in LOCAL.items():
         os.environ.setdefault(name, value)
     options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path, prefix='chromium-')}"]:
         options.add_argument(flag)
-    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    return webdriver.Chrome(service=service, options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.mark.parametrize("missing", ["CHROMIUM", "CHROMEDRIVER"])
+def test_a_missing_browser_fails_in_one_line_naming_the_install_command(monkeypatch, tmp_path, missing):
+    monkeypatch.setattr(sys.modules[__name__], missing, str(tmp_path / "absent"))
+    with pytest.raises(pytest.fail.Exception) as failure:
+        chromium(tmp_path)
+    assert str(failure.value) == (f"{tmp_path / 'absent'} not found: the browser test needs Debian's chromium and "
+                                  f"chromium-driver: sudo apt-get update && sudo apt-get install -y chromium "
+                                  f"chromium-driver")
+    assert not failure.value.pytrace
 
 
 def wait_for(driver, condition, timeout=90):

@@ -1,4 +1,7 @@
 # Wrote tests/data/gpt2_reference.pt with model.py as of main d7e495e (before the --arch fields); kept to show how.
+# Do not regenerate it: it pins the model as it was then. Its integers and init are exact on any x86 CPU with AVX2;
+# its logits, losses and trained weights came from that CPU's float kernels, and tests/test_model.py compares
+# them with tolerances (another CPU sums matmuls in another order).
 # Run from the repo root: PYTHONPATH=. OMP_NUM_THREADS=1 python tests/data/make_gpt2_reference.py
 import torch
 from model import GPT, GPTConfig
