@@ -34,9 +34,10 @@ import time
 import numpy as np
 import torch
 
+from checkpoint import find_checkpoints, load_model, resolve_checkpoint_path
 from hardware import autocast, pick_device, pick_dtype
-from model import GPT2_VOCAB_SIZE, GPTConfig, find_checkpoints, resolve_checkpoint_path
-from sample import encode_prompt, load_model
+from model import GPT2_VOCAB_SIZE, GPTConfig
+from sample import encode_prompt
 
 MAX_SAMPLES = 8  # per request: each is one row of the generation batch
 MAX_PROMPT_CHARS = 100_000  # checked before tokenizing, so a huge paste costs nothing

@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 import fineweb
 import hellaswag
+from checkpoint import load_model
 from hardware import DTYPES, autocast, pick_device, pick_dtype
-from model import GPT, GPT2_VOCAB_SIZE, resolve_checkpoint_path
+from model import GPT2_VOCAB_SIZE
 
 try:
     from lm_eval.api.model import TemplateLM
@@ -183,12 +184,6 @@ def parse_args(argv=None):
     return args
 
 
-def load_model(args, device):
-    if args.checkpoint:
-        return GPT.from_checkpoint(resolve_checkpoint_path(args.checkpoint), device)
-    return GPT.from_pretrained(args.model).to(device)
-
-
 def main(argv=None):
     args = parse_args(argv)
     if TemplateLM is object:
@@ -210,7 +205,7 @@ def main(argv=None):
     if unknown:
         raise ValueError(f"unknown lm-eval task(s) {', '.join(unknown)}: `lm-eval ls tasks` lists them; a local "
                          f"yaml needs --include-path")
-    model = load_model(args, device)
+    model = load_model(args.checkpoint, args.model, device)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     lm = GPTLM(model, device, dtype, batch_size)
     start = time.time()
@@ -228,7 +223,7 @@ def main(argv=None):
         results["eval_harness"] = dict(model=args.checkpoint or args.model, device=device, dtype=dtype,
                                        batch_size=batch_size, seconds=round(seconds, 3))
         from lm_eval.utils import handle_non_serializable
-        hellaswag.write_json_atomic(args.out, results, default=handle_non_serializable)
+        fineweb.save_json_atomically(args.out, results, default=handle_non_serializable)
 
 
 if __name__ == "__main__":

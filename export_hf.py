@@ -27,9 +27,10 @@ import tempfile
 import torch
 from safetensors.torch import save_file
 
+from checkpoint import (HF_TRANSPOSED, LLAMA_BLOCK_NAMES, load_checkpoint, model_from_checkpoint,
+                        resolve_checkpoint_path)
 from fineweb import read_gpt2_bpe_files
-from model import (ARCH_FIELDS, GPT, GPT2_VOCAB_SIZE, HF_TRANSPOSED, LLAMA_BLOCK_NAMES, GPTConfig, RMSNorm,
-                   clean_state_dict, load_checkpoint, resolve_checkpoint_path)
+from model import ARCH_FIELDS, GPT2_VOCAB_SIZE, GPTConfig, RMSNorm, clean_state_dict
 
 EOT = 50256  # <|endoftext|>: GPT-2's bos, eos and unk token
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -227,7 +228,7 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False):
     """Write the Hugging Face directory for one of our checkpoints; returns the checkpoint dict's step (or None)."""
     check_out_dir(out_dir, force)
     checkpoint = load_checkpoint(checkpoint_path)
-    model = GPT.from_checkpoint(checkpoint_path, checkpoint=checkpoint)  # checks the weights; peers' formats too
+    model = model_from_checkpoint(checkpoint_path, checkpoint=checkpoint)  # checks the weights; peers' formats too
     if set(model.config.heads_per_layer()) != {model.config.n_head}:
         raise ValueError(f"{checkpoint_path} is a pruned model ({model.config.heads_per_layer()} heads per layer); "
                          f"Hugging Face's GPT-2 has n_head heads in every layer, so it cannot hold it")

@@ -526,8 +526,10 @@ def open_shard(path):
     return tokens
 
 
-def save_json_atomically(path, data):
-    write_atomically(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+def save_json_atomically(path, data, default=None):
+    """data as indented JSON at path, never half a file. default: json's converter for values it has no type for."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, lambda f: f.write(json.dumps(data, indent=1, default=default).encode()))
 
 # -----------------------------------------------------------------------------
 

@@ -39,9 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from checkpoint import load_checkpoint, resolve_checkpoint_path
 from fineweb import count, get_tokenizer, list_shards, open_shard, save_json_atomically
 from hardware import DTYPES, autocast, pick_device, pick_dtype
-from model import GPT, flops_per_token, load_checkpoint, resolve_checkpoint_path
+from model import GPT, flops_per_token
 
 FRACTIONS = [i / 20 for i in range(11)]  # 0%, 5%, ..., 50% of the heads
 PERPLEXITY_LIMIT = 0.05  # the +5% perplexity a pruning claim is usually read against

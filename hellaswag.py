@@ -32,9 +32,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import fineweb
+from checkpoint import load_model, resolve_checkpoint_path
 from distributed import destroy_process_group, init_process_group
 from hardware import DTYPES, pick_device, pick_dtype
-from model import GPT, GPT2_VOCAB_SIZE, resolve_checkpoint_path
+from model import GPT2_VOCAB_SIZE
 
 OFFICIAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data"
 SPLIT_SIZES = {"train": 39905, "val": 10042, "test": 10003}  # examples in the official files
@@ -336,6 +337,7 @@ def evaluate(model, examples, device, batch_size=16, autocast_dtype=None, rank=0
                 harness_acc=harness_correct / n, harness_acc_norm=harness_correct_norm / n)
 
 
+
 # -----------------------------------------------------------------------------
 # command line
 
@@ -374,18 +376,6 @@ def check_args(args):
         args.checkpoint = resolve_checkpoint_path(args.checkpoint)  # a file, or a run directory's newest
 
 
-def write_json_atomic(path, data, default=None):
-    """data as indented JSON at path, through a temporary file in the same directory: never half a file.
-    default: json.dump's converter for values JSON has no type for."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".hellaswag.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=default)
-        f.write("\n")
-    os.replace(tmp_path, path)
-
-
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
@@ -408,10 +398,7 @@ def main(argv=None):
         if ddp and rank == 0:
             dist.barrier()
         check_labels(examples)
-        if args.model is not None:
-            model = GPT.from_pretrained(args.model).to(device)
-        else:
-            model = GPT.from_checkpoint(args.checkpoint, device)
+        model = load_model(args.checkpoint, args.model, device)
         start = time.time()
         results = evaluate(model, examples, device, batch_size, DTYPES[dtype], rank, world_size, progress=rank == 0)
         seconds = time.time() - start
@@ -431,7 +418,7 @@ def report(results, args, dtype, device, world_size, batch_size, seconds):
     print(f"hellaswag n={results['n']} acc={results['acc']:.4f} acc_norm={results['acc_norm']:.4f} "
           f"harness_acc={results['harness_acc']:.4f} harness_acc_norm={results['harness_acc_norm']:.4f}")
     if args.out:
-        write_json_atomic(args.out, dict(
+        fineweb.save_json_atomically(args.out, dict(
             **results, model=args.model or args.checkpoint, data=args.data_file or args.split, dtype=dtype,
             device=device, world_size=world_size, batch_size=batch_size, seconds=round(seconds, 3)))
 

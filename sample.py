@@ -18,24 +18,11 @@ import sys
 
 import torch
 
+from checkpoint import load_model, resolve_checkpoint_path
 from fineweb import get_tokenizer  # the repo's one GPT-2 tokenizer, offline-capable
 from hardware import autocast, pick_device, pick_dtype
-from model import GPT, GPT2_VOCAB_SIZE, resolve_checkpoint_path
 
 EOT = 50256  # <|endoftext|>, which precedes every document in training
-
-# -----------------------------------------------------------------------------
-# device and model
-
-
-def load_model(checkpoint, model_name, device):
-    """A model from one of our checkpoints (-c) or a Hugging Face GPT-2 name/directory (-m), in eval mode."""
-    model = GPT.from_checkpoint(checkpoint, device) if checkpoint else GPT.from_pretrained(model_name).to(device)
-    if model.config.vocab_size < GPT2_VOCAB_SIZE:
-        raise ValueError(f"{checkpoint or model_name} has vocab_size {model.config.vocab_size}, smaller than the "
-                         f"GPT-2 tokenizer's {GPT2_VOCAB_SIZE}: it was not trained on GPT-2 tokens")
-    return model.eval()
-
 
 # -----------------------------------------------------------------------------
 # tokens in, tokens out, text out
@@ -101,7 +88,9 @@ def main(argv=None):
     device = pick_device(args.device)
     enc = get_tokenizer()
     prompt_tokens = encode_prompt(enc, args.prompt)
-    checkpoint = resolve_checkpoint_path(args.checkpoint) if args.checkpoint else None  # a file, or a run's newest
+    checkpoint = None
+    if args.checkpoint:
+        checkpoint = resolve_checkpoint_path(args.checkpoint)  # a file, or a run directory's newest
     model = load_model(checkpoint, args.model, device)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     generator = torch.Generator(device=device).manual_seed(seed)

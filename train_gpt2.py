@@ -31,7 +31,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import re
 import signal
 import statistics
@@ -49,8 +48,9 @@ import hardware
 import memory
 from distributed import destroy_process_group, init_process_group
 from hardware import estimate_mfu, format_mfu, peak_flops
-from model import (ARCH_FIELDS, ARCHS, CHOICES, FLOPS_CONVENTION, GPT, PRESETS, CheckpointDamaged, GPTConfig,
-                   checkpoint_config, fallback_checkpoint, find_checkpoints, flops_per_token, load_checkpoint)
+from checkpoint import (ResumeError, check_resume_args, find_checkpoints, load_resume_checkpoint, resolve_resume,
+                        rng_state, save_checkpoint, set_rng_state)
+from model import ARCH_FIELDS, ARCHS, CHOICES, FLOPS_CONVENTION, GPT, PRESETS, GPTConfig, flops_per_token
 
 # -----------------------------------------------------------------------------
 # arguments: every default in one place
@@ -400,108 +400,6 @@ def load_hellaswag(rank, world_size, device):
     if examples is None and rank == 0:
         print(f"warning: HellaSwag disabled, its data is not available ({reason or 'on some rank'})", file=sys.stderr)
     return examples
-
-
-def resolve_resume(resume, log_dir):
-    """The checkpoint to resume from, or None for a fresh start."""
-    existing = find_checkpoints(log_dir)
-    if resume == "none":
-        if existing:
-            raise FatalError(f"--resume none, but {log_dir} already holds checkpoints (up to {existing[-1][1]}) "
-                             f"that a later --resume auto would mix up with this run: use another --log-dir")
-        return None
-    if resume == "auto":
-        return existing[-1][1] if existing else None
-    return resume
-
-
-def load_resume_checkpoint(path, config, optimizer_name, log_dir):
-    """A training checkpoint for this model, whole (every CRC-32 checked) and read without executing any pickled
-    code (weights_only=True). A bad file's error names the checkpoint --resume auto takes once it is moved away."""
-    try:
-        checkpoint = load_checkpoint(path)
-    except FileNotFoundError as e:
-        raise FatalError(f"{e}: pass --resume auto, none, or the path of a checkpoint") from None
-    except ValueError as e:
-        problem = f"checkpoint {path} {e.problem}" if isinstance(e, CheckpointDamaged) else str(e)
-        previous = fallback_checkpoint(path, log_dir)
-        auto = f"--resume auto, which then finds no checkpoint in {log_dir} and starts from scratch"
-        if previous:
-            auto = f"--resume auto, which then takes {previous}"
-        if os.path.abspath(os.path.dirname(path)) != os.path.abspath(log_dir):
-            raise FatalError(f"{problem}. Pass another --resume, e.g. {auto}") from None
-        raise FatalError(f"{problem}. Move it out of {log_dir} (keep it aside to inspect if you like) and run "
-                         f"again with {auto}") from None
-    missing = {"optimizer", "loader", "rng", "step", "bad_steps", "recent_losses", "evals_done"} - checkpoint.keys()
-    if missing:
-        raise FatalError(f"{path} has weights but no training state ({', '.join(sorted(missing))}): it cannot be "
-                         f"resumed; start a new --log-dir")
-    saved = dataclasses.asdict(checkpoint_config(checkpoint))  # an older checkpoint's missing fields: GPT-2's
-    if saved != dataclasses.asdict(config):
-        diff = ", ".join(f"{k} {v} vs {getattr(config, k, None)}" for k, v in saved.items()
-                         if getattr(config, k, None) != v)
-        raise FatalError(f"{path} holds a different model ({diff}): pass the flags it was trained with "
-                         f"(--model/--arch/--n-layer/...) or use another --log-dir")
-    saved_optimizer = checkpoint.get("args", {}).get("optimizer", "adamw")
-    if saved_optimizer != optimizer_name:
-        raise FatalError(f"{path} was trained with --optimizer {saved_optimizer}, not {optimizer_name}: pass "
-                         f"--optimizer {saved_optimizer} or use another --log-dir")
-    return checkpoint
-
-
-# flags that define what a run computes: a resume must not change them. (A flag some checkpoint predates is skipped.)
-RUN_FLAGS = ("total_batch_size", "max_lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "skip_spikes",
-             "dtype", "optimizer", "schedule", "decay_frac")
-# flags a resume may change: the schedule's length, the periodic work, and how the same global batch is split
-RESUMABLE_FLAGS = ("max_steps", "epochs", "eval_every", "val_tokens", "hellaswag_every", "sample_every",
-                   "sample_tokens", "checkpoint_every", "keep_checkpoints", "batch_size", "shard_optimizer", "fsdp",
-                   "activation_checkpointing")
-
-
-def check_resume_args(path, checkpoint, args, world_size, step):
-    """Refuse a resume that would silently change the run; return notes on the changes a resume may make."""
-    flag = lambda name: "--" + name.replace("_", "-")
-    old, new = checkpoint["args"], vars(args)
-    changed = lambda names: [n for n in names if n in old and n in new and old[n] != new[n] and old[n] != "auto"]
-    refused = changed(RUN_FLAGS)
-    if refused:
-        raise FatalError(f"{path} was trained with " + ", ".join(f"{flag(n)} {old[n]} (now {new[n]})" for n in refused)
-                         + ": resuming would change the run. Resume with its values, or start a new run in another "
-                         "--log-dir (or pass --resume none there)")
-    notes = [f"resuming with {flag(n)} {old[n]} -> {new[n]}" for n in changed(RESUMABLE_FLAGS)]
-    if changed(["max_steps"]):
-        notes.append(f"the LR schedule is recomputed for {args.max_steps} steps, continuing from step {step}")
-    if len(checkpoint["rng"]) != world_size:
-        notes.append(f"resuming on {len(checkpoint['rng'])} -> {world_size} ranks (the same global batch of "
-                     f"{args.total_batch_size} tokens, so the same data)")
-    return notes
-
-
-def save_checkpoint(path, checkpoint, sleep_before_rename=0.0):
-    """Write to a temporary file, fsync, then rename over the final name: whenever the process dies, the final
-    name holds either nothing or a complete checkpoint."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    time.sleep(sleep_before_rename)  # test hook: widens the window in which a kill leaves only the .tmp
-    os.replace(tmp, path)
-
-
-def rng_state(device_type):
-    """This process's RNG states as plain values, which load with weights_only=True."""
-    np_state = np.random.get_state()
-    return dict(python=random.getstate(), numpy=[np_state[0], np_state[1].tolist(), *np_state[2:]],
-                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None)
-
-
-def set_rng_state(state, device_type):
-    random.setstate(state["python"])
-    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
-    torch.set_rng_state(state["torch"])
-    if device_type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 def format_duration(seconds):
@@ -891,7 +789,7 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         code = main()
-    except FatalError as e:
+    except (FatalError, ResumeError) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 3 if isinstance(e, Diverged) else 2
     if dist.is_available() and dist.is_initialized():

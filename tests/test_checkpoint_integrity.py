@@ -1,7 +1,7 @@
 """
 A checkpoint damaged in place (its bytes overwritten after it was written: a failing disk, a bad copy) is refused by
 every script that reads one, in one line on stderr that names the file and what to do, never a traceback. torch.save
-writes a zip archive with a CRC-32 per member; model.load_checkpoint checks them all before torch.load. The scripts
+writes a zip archive with a CRC-32 per member; checkpoint.load_checkpoint checks them all before torch.load. The scripts
 run as subprocesses with real flags on one tiny run trained here (module-scoped: each process start costs seconds).
 """
 import dataclasses
@@ -19,8 +19,9 @@ import pytest
 import torch
 
 import train_gpt2
-from model import (GPT, CheckpointDamaged, GPTConfig, check_checkpoint_file, checkpoint_config, load_checkpoint,
-                   resolve_checkpoint_path)
+from checkpoint import (CheckpointDamaged, ResumeError, check_checkpoint_file, checkpoint_config, load_checkpoint,
+                        resolve_checkpoint_path)
+from model import GPT, GPTConfig
 from test_hellaswag import FIXTURE, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,10 +169,10 @@ def test_resume_messages_without_a_previous_checkpoint_or_from_elsewhere(trained
     shutil.copy(os.path.join(trained["log_dir"], "model_00004.pt"), path)
     start, size = trained["spans"]["weights"]
     overwrite(path, start + size // 2, 0xff)
-    with pytest.raises(train_gpt2.FatalError, match=re.escape(f"--resume auto, which then finds no checkpoint in "
+    with pytest.raises(ResumeError, match=re.escape(f"--resume auto, which then finds no checkpoint in "
                                                               f"{alone} and starts from scratch")):
         train_gpt2.load_resume_checkpoint(path, config, "adamw", str(alone))
-    with pytest.raises(train_gpt2.FatalError, match=re.escape(f"Pass another --resume, e.g. --resume auto, which then "
+    with pytest.raises(ResumeError, match=re.escape(f"Pass another --resume, e.g. --resume auto, which then "
                                                               f"takes {trained['log_dir']}/model_00004.pt")):
         train_gpt2.load_resume_checkpoint(path, config, "adamw", trained["log_dir"])
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import memory
-from model import GPT, GPTConfig, load_checkpoint
+from checkpoint import load_checkpoint
+from model import GPT, GPTConfig
 from test_train_gpt2 import TINY, TORCHRUN, data_dir, read_log, reference, run  # noqa: F401 (fixtures)
 
 

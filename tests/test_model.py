@@ -253,7 +253,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_unsafe_or_corrupt_checkpoint_is_rejected(tmp_path):
-    from model import load_checkpoint
+    from checkpoint import load_checkpoint
     marker = tmp_path / "pwned"
 
     class Evil:

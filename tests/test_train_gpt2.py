@@ -23,7 +23,8 @@ import pytest
 import torch
 
 import train_gpt2
-from model import GPTConfig, load_checkpoint
+from checkpoint import load_checkpoint
+from model import GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "train_gpt2.py")
