@@ -23,15 +23,16 @@ import resource
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from datetime import date
 
 import numpy as np
 import torch
 
+import hardware
 import memory
-from hardware import estimate_mfu, format_mfu, pick_dtype
+from hardware import DTYPES, estimate_mfu, format_mfu, pick_dtype
 from model import ARCHS, FLOPS_CONVENTION, GPT, GPTConfig, PRESETS, flops_per_token
+from train_gpt2 import forward_backward, loss_chunk_rows, to_device  # the training step, not a copy of it
 
 # -----------------------------------------------------------------------------
 # defaults, in one place: a GPU measures real GPT-2 training; a CPU runs a smoke-test-sized model
@@ -47,7 +48,6 @@ PADDED_VOCAB_SIZE = 50304  # GPT-2's 50257 rounded up to a multiple of 128, as t
 LEARNING_RATE = 6e-4  # GPT-2 124M's max lr; the value does not change the cost of a step
 WEIGHT_DECAY = 0.1
 GRAD_CLIP = 1.0
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # the flags that take one of a list, checked by argparse on the command line and by make_args for keywords
 CHOICES = dict(model=[*PRESETS, "tiny"], arch=list(ARCHS), dtype=list(DTYPES),
                compile_mode=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
@@ -211,14 +211,6 @@ class RandomBatches:
         return torch.from_numpy(rows.astype(np.int64))
 
 
-def to_device(rows, device):
-    """train_gpt2.py's to_device, copied (nothing imports train_gpt2.py): host rows (B, T+1) -> inputs and
-    targets on the device. From pinned memory the copy is asynchronous, so it overlaps the queued GPU work."""
-    rows = rows.pin_memory() if device.startswith("cuda") else rows
-    rows = rows.to(device, non_blocking=True)
-    return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
-
-
 # -----------------------------------------------------------------------------
 # explicit attention: model.py's own attention with the (B, nh, T, T) scores written out, for "flash vs explicit"
 
@@ -259,15 +251,14 @@ def make_train_step(args, compile=None, fused=None, attention="flash", batches=N
     model = torch.compile(raw_model, backend=args.compile_backend, mode=args.compile_mode) if compile else raw_model
     optimizer = raw_model.configure_optimizers(WEIGHT_DECAY, lr, device_type, fused=fused)
     scaler = torch.amp.GradScaler("cuda") if args.dtype == "fp16" else None
-    autocast = torch.autocast(device_type, dtype=DTYPES[args.dtype]) if args.dtype != "fp32" else nullcontext()
+    autocast = hardware.autocast(args.dtype, device)
     if batches is None:
         batches = RandomBatches(args.batch_size, args.seq_len, args.config.vocab_size, args.seed)
     grad_accum_steps = args.grad_accum
 
-    # The body of train_gpt2.py's loop, line for line, less what a single process on random tokens does not
-    # need: DDP (no_sync on all but the last micro-step, the all-reduce of the loss), the lr schedule (a
-    # constant), the spike test and the log line. Keep the two in step when either changes.
-    loss_chunk = max(1, 2**26 // args.config.vocab_size) if device_type == "cuda" else 0  # as train_gpt2.py
+    # train_gpt2.py's step: its micro-step (forward_backward) and its loss chunks, around them what its loop does
+    # in one process on random tokens (no DDP all-reduce, a constant lr, no spike test, no log line)
+    loss_chunk = loss_chunk_rows(args.config.vocab_size, device_type)
     prefetched = [to_device(batches.next_batch(), device)]
 
     def step():
@@ -277,11 +268,7 @@ def make_train_step(args, compile=None, fused=None, attention="flash", batches=N
             x, y = batch
             # prefetch the next micro-batch, the next step's first one too: host work and copy overlap the GPU work
             batch = to_device(batches.next_batch(), device)
-            with autocast:
-                loss = model(x, y, loss_chunk=loss_chunk)[1]
-            loss = loss / grad_accum_steps  # the gradients sum over micro-steps: make that their mean
-            loss_accum += loss.detach()  # stays on the device: no host sync inside the micro-steps
-            (scaler.scale(loss) if scaler else loss).backward()
+            loss_accum += forward_backward(model, x, y, autocast, loss_chunk, grad_accum_steps, scaler)  # on device
         stats = torch.stack([loss_accum, torch.full_like(loss_accum, 0.0)])  # loss and stop vote, built as there
         if scaler:
             scaler.unscale_(optimizer)

@@ -27,18 +27,16 @@ import torch.distributed as dist
 STRATEGIES = ("ddp", "zero", "fsdp")  # plain DDP (or one process), --shard-optimizer, --fsdp
 
 
-def pick_strategy(fsdp, shard_optimizer, dtype, world_size, master=True):
+def pick_strategy(fsdp, shard_optimizer, dtype, world_size):
     """'ddp' (plain DDP, or one process), 'zero' (--shard-optimizer) or 'fsdp' (--fsdp); ValueError for a
-    combination that cannot run."""
+    combination that cannot run. One process has nothing to shard: 'ddp' then, whatever was asked."""
     if fsdp and shard_optimizer:
         raise ValueError("--fsdp shards the optimizer states already: pass --fsdp or --shard-optimizer, not both")
     strategy = "fsdp" if fsdp else "zero" if shard_optimizer else "ddp"
     if strategy == "fsdp" and dtype == "fp16":
         raise ValueError("--fsdp with fp16 needs a sharded GradScaler, which train_gpt2.py does not have: use "
                          "--dtype bf16, or --shard-optimizer")
-    if strategy != "ddp" and world_size == 1:
-        if master:
-            print(f"note: one process, nothing to shard: --{'fsdp' if fsdp else 'shard-optimizer'} ignored")
+    if world_size == 1:
         return "ddp"
     return strategy
 
@@ -233,14 +231,15 @@ def format_memory(sizes):
     return ", ".join(f"{name.replace('_', ' ')} {value / 2**20:,.1f} MiB" for name, value in sizes.items())
 
 
-def report_memory(model, optimizer, device, world_size, master):
-    """Print what each rank holds (weights, gradients, optimizer states; the peak on CUDA). Every rank calls it."""
+def memory_report(model, optimizer, device, world_size):
+    """One line per rank of what it holds (weights, gradients, optimizer states; the peak on CUDA). Every rank
+    calls it (the sizes are gathered); rank 0 prints the lines."""
     sizes = [measured_memory(model, optimizer, device)]
     if world_size > 1:
         sizes = [None] * world_size
         dist.all_gather_object(sizes, measured_memory(model, optimizer, device))
-    for rank, rank_sizes in enumerate(sizes if master else []):
-        print(f"memory rank {rank}: {format_memory(rank_sizes)} (measured after the first step)")
+    return [f"memory rank {rank}: {format_memory(rank_sizes)} (measured after the first step)"
+            for rank, rank_sizes in enumerate(sizes)]
 
 
 # -----------------------------------------------------------------------------
@@ -273,10 +272,11 @@ def find_micro_batch(rows_per_rank, fits, largest=None):
     raise OutOfMemory(f"not even a micro-batch of 1 fits ({rejected[-1][1]})")
 
 
-def cuda_probe(model, optimizer, seq_len, vocab_size, device, autocast, extra_bytes=0, passes=2):
-    """fits(B) for find_micro_batch on a GPU: `passes` forward/backward passes of B random rows on the real model,
-    with the optimizer states this rank will hold reserved first (AdamW's are created at the first step).
-    Nothing is updated; the gradients are dropped, and a private generator leaves the training RNG untouched."""
+def cuda_probe(model, optimizer, seq_len, vocab_size, device, forward_backward, extra_bytes=0, passes=2):
+    """fits(B) for find_micro_batch on a GPU: `passes` runs of forward_backward(x, y), the training micro-step
+    itself (train_gpt2.forward_backward: its autocast, its chunked loss), on B random rows of the real model, with
+    the optimizer states this rank will hold reserved first (AdamW's are created at the first step). Nothing is
+    updated; the gradients are dropped, and a private generator leaves the training RNG untouched."""
     generator = torch.Generator(device=device).manual_seed(0)
     state_bytes = 2 * sum(local_bytes(p) for group in getattr(optimizer, "optim", optimizer).param_groups
                           for p in group["params"])  # AdamW: exp_avg and exp_avg_sq, fp32 like the weights
@@ -288,9 +288,7 @@ def cuda_probe(model, optimizer, seq_len, vocab_size, device, autocast, extra_by
             reserve = torch.empty(state_bytes, dtype=torch.uint8, device=device)
             for _ in range(passes):
                 x = torch.randint(0, vocab_size, (batch_size, seq_len), device=device, generator=generator)
-                with autocast:
-                    _, loss = model(x, x)
-                loss.backward()
+                forward_backward(x, x)
             torch.cuda.synchronize(device)
             return True, "fits"
         except torch.cuda.OutOfMemoryError:
@@ -302,22 +300,24 @@ def cuda_probe(model, optimizer, seq_len, vocab_size, device, autocast, extra_by
     return fits
 
 
-def auto_micro_batch(model, optimizer, strategy, args, config, world_size, device, autocast, master):
-    """--batch-size auto on a GPU: the micro-batch train_gpt2.py runs with, printed with the reason. Plain DDP and
+def auto_micro_batch(model, optimizer, strategy, config, total_batch_size, seq_len, dtype, activation_checkpointing,
+                     world_size, device, forward_backward):
+    """--batch-size auto on a GPU: (the micro-batch train_gpt2.py runs with, a line saying why). Plain DDP and
     ZeRO probe the real model on each rank (no collectives: every rank can fail alone), and the ranks take the
     smallest choice. FSDP's forward gathers weights from every rank, so a rank running out of memory alone would
     leave the others waiting: there the memory model chooses, against the GPU's total memory."""
-    rows_per_rank = args.total_batch_size // (args.seq_len * world_size)
+    rows_per_rank = total_batch_size // (seq_len * world_size)
     if strategy == "fsdp":
         total = torch.cuda.get_device_properties(device).total_memory
-        dtype = "fp32" if args.dtype == "fp32" else "bf16"
-        predicted = largest_micro_batch(config, strategy, world_size, args.seq_len, total, dtype,
-                                        args.activation_checkpointing)
+        model_dtype = "fp32" if dtype == "fp32" else "bf16"
+        predicted = largest_micro_batch(config, strategy, world_size, seq_len, total, model_dtype,
+                                        activation_checkpointing)
         batch_size = max(divisors_descending(rows_per_rank, max(predicted, 1)))
         reason = f"the memory model's largest micro-batch for {total / 2**30:.0f} GiB is {predicted}"
     else:
         ddp_buckets = 4 * sum(p.numel() for p in model.parameters()) if world_size > 1 else 0
-        fits = cuda_probe(model, optimizer, args.seq_len, config.vocab_size, device, autocast, extra_bytes=ddp_buckets)
+        fits = cuda_probe(model, optimizer, seq_len, config.vocab_size, device, forward_backward,
+                          extra_bytes=ddp_buckets)
         batch_size, rejected = find_micro_batch(rows_per_rank, fits)
         tried = ", ".join(f"{b} ({why})" for b, why in rejected)
         reason = f"2 forward/backward passes fit{'; tried first: ' + tried if tried else ''}"
@@ -325,10 +325,9 @@ def auto_micro_batch(model, optimizer, strategy, args, config, world_size, devic
         chosen = torch.tensor(batch_size, device=device)
         dist.all_reduce(chosen, op=dist.ReduceOp.MIN)
         batch_size = int(chosen.item())  # a divisor on every rank, so the smallest is one too
-    if master:
-        print(f"batch size auto: {batch_size} rows per micro-step, the largest divisor of the {rows_per_rank} rows "
-              f"each rank takes per step that fits: {reason}; the global batch stays {args.total_batch_size} tokens")
-    return batch_size
+    note = (f"batch size auto: {batch_size} rows per micro-step, the largest divisor of the {rows_per_rank} rows "
+            f"each rank takes per step that fits: {reason}; the global batch stays {total_batch_size} tokens")
+    return batch_size, note
 
 
 # -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ Signals. SIGTERM or Ctrl-C (SIGINT) lets the current step finish, writes a check
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -321,6 +322,44 @@ def to_device(rows, device):
 
 
 # -----------------------------------------------------------------------------
+# the training step: written once, and run by the loop below, by bench.py and by --batch-size auto's probe
+
+
+def loss_chunk_rows(vocab_size, device_type):
+    """Rows per chunk of the training loss. On CUDA it is computed ~256 MiB of fp32 logits at a time, with no
+    (B*T, vocab) tensor (eager cross-entropy holds three fp32 copies, ~37 GiB at B=64, T=1024). On CPU 0: the plain
+    loss, whose losses are bit-identical to earlier runs (the chunked loss equals it, its gradients to float
+    rounding: tests/test_model.py)."""
+    if device_type != "cuda":
+        return 0
+    return max(1, 2**26 // vocab_size)
+
+
+def forward_backward(model, x, y, autocast, loss_chunk, grad_accum_steps, scaler=None, sync=True, loss_factor=None):
+    """One micro-step: forward under autocast, the loss as its share of the step's mean, backward. sync=False
+    holds back DDP's gradient all-reduce (every micro-step but the last). loss_factor scales the loss (a test hook).
+    Returns the detached share of the loss."""
+    sync_context = contextlib.nullcontext() if sync else memory.no_grad_sync(model)
+    with sync_context:
+        with autocast:
+            loss = model(x, y, loss_chunk=loss_chunk)[1]  # the logits are not kept (or, chunked, not made)
+        if loss_factor is not None:
+            loss = loss * loss_factor
+        loss = loss / grad_accum_steps  # the gradients sum over micro-steps: make that their mean
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+    return loss.detach()
+
+
+def micro_step_probe(raw_model, autocast, config, device_type):
+    """What --batch-size auto runs on B random rows: this training micro-step, with its autocast and loss chunks."""
+    loss_chunk = loss_chunk_rows(config.vocab_size, device_type)
+    return functools.partial(forward_backward, raw_model, autocast=autocast, loss_chunk=loss_chunk, grad_accum_steps=1)
+
+
+# -----------------------------------------------------------------------------
 # the pieces of the loop
 
 def get_lr(step, max_lr, min_lr, warmup_steps, max_steps, schedule="cosine", decay_frac=0.2):
@@ -475,7 +514,9 @@ def main(argv=None):
     try:  # bf16 only where the GPU has it natively (compute capability >= 8.0), else fp16 with a GradScaler
         device = hardware.pick_device(args.device, local_rank, ddp)
         dtype = hardware.pick_dtype(args.dtype, device, warn=master)
-        strategy = memory.pick_strategy(args.fsdp, args.shard_optimizer, dtype, world_size, master)
+        strategy = memory.pick_strategy(args.fsdp, args.shard_optimizer, dtype, world_size)
+        if master and world_size == 1 and (args.fsdp or args.shard_optimizer):
+            print(f"note: one process, nothing to shard: --{'fsdp' if args.fsdp else 'shard-optimizer'} ignored")
     except ValueError as e:
         raise FatalError(str(e)) from None
     device_type = device.split(":")[0]
@@ -516,6 +557,7 @@ def main(argv=None):
         init_process_group("nccl" if device_type == "cuda" else "gloo", rank, world_size)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
     ptdtype, autocast = hardware.DTYPES[dtype], hardware.autocast(dtype, device)
+    loss_chunk = loss_chunk_rows(config.vocab_size, device_type)
 
     # the model (its weights resumed before any sharding), its optimizer, and the fp16 loss scaler
     torch.manual_seed(args.seed)
@@ -534,7 +576,11 @@ def main(argv=None):
         raise FatalError(str(e)) from None
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
     if probe_batch:
-        B = memory.auto_micro_batch(raw_model, optimizer, strategy, args, config, world_size, device, autocast, master)
+        probe_step = micro_step_probe(raw_model, autocast, config, device_type)
+        B, note = memory.auto_micro_batch(raw_model, optimizer, strategy, config, args.total_batch_size, T, dtype,
+                                          args.activation_checkpointing, world_size, device, probe_step)
+        if master:
+            print(note)
         args.batch_size = train_loader.B = val_loader.B = B
         grad_accum_steps = args.total_batch_size // (B * T * world_size)
         val_batches = max(1, min(args.val_tokens // T, val_loader.windows_per_epoch) // B)
@@ -592,10 +638,6 @@ def main(argv=None):
     if master and not vocab_ok and (args.hellaswag_every or args.sample_every):
         print(f"warning: vocab {config.vocab_size} cannot hold GPT-2 tokens: no HellaSwag, no samples", file=sys.stderr)
     flops_per_tok = flops_per_token(config, T)
-    # on CUDA the training loss is computed in chunks of ~256 MiB of fp32 logits, with no (B*T, vocab) tensor (eager
-    # cross-entropy holds three fp32 copies, ~37 GiB at B=64, T=1024); on CPU the plain one, whose losses are
-    # bit-identical to earlier runs (the chunked loss equals it, its gradients to float rounding: tests/test_model.py)
-    loss_chunk = max(1, 2**26 // config.vocab_size) if device_type == "cuda" else 0
     device_name = torch.cuda.get_device_name(device) if device_type == "cuda" else device_type
 
     if master:
@@ -701,16 +743,10 @@ def main(argv=None):
             # GPU work, also with one micro-step per step (8 GPUs). A checkpoint counts it as not yet read.
             last = micro_step + 1 == grad_accum_steps and step + 1 == args.max_steps
             batch = None if last else to_device(train_loader.next_batch(), device)
-            last_micro_step = micro_step == grad_accum_steps - 1
             # DDP all-reduces gradients during backward: only on the last micro-step, once they are complete
-            with memory.no_grad_sync(model) if ddp and not last_micro_step else contextlib.nullcontext():
-                with autocast:
-                    loss = model(x, y, loss_chunk=loss_chunk)[1]  # the logits are not kept (or, chunked, not made)
-                if step in hooks["loss_factor"]:
-                    loss = loss * hooks["loss_factor"][step]
-                loss = loss / grad_accum_steps  # the gradients sum over micro-steps: make that their mean
-                loss_accum += loss.detach()
-                (scaler.scale(loss) if scaler else loss).backward()
+            sync = not ddp or micro_step == grad_accum_steps - 1
+            loss_accum += forward_backward(model, x, y, autocast, loss_chunk, grad_accum_steps, scaler, sync,
+                                           hooks["loss_factor"].get(step))
         # one all-reduce carries the loss and whether any rank was asked to stop
         stats = torch.stack([loss_accum, torch.full_like(loss_accum, float(bool(signals_received)))])  # no H2D copy
         if ddp:
@@ -735,7 +771,9 @@ def main(argv=None):
         if scaler:
             scaler.update()
         if step == start_step:  # the training states all exist now: what each rank holds
-            memory.report_memory(raw_model, optimizer, device, world_size, master)
+            lines = memory.memory_report(raw_model, optimizer, device, world_size)  # every rank measures its own
+            if master:
+                print("\n".join(lines))
         optimizer.zero_grad(set_to_none=True)
         dt = time.time() - t0  # no device sync just to time it: the next step's loss read waits for this one
         step_times.append(dt)

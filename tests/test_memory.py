@@ -5,7 +5,9 @@ losses (2 gloo ranks on CPU) and write plain one-file checkpoints that resume on
 against tensors measured on CPU.
 """
 
+import contextlib
 import copy
+import functools
 import os
 import shutil
 
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 import memory
+import train_gpt2
 from checkpoint import load_checkpoint
 from model import GPT, GPTConfig
 from test_train_gpt2 import TINY, TORCHRUN, data_dir, read_log, reference, run  # noqa: F401 (fixtures)
@@ -191,7 +194,7 @@ def test_probe_reports_an_out_of_memory_error_as_not_fitting(monkeypatch):
             super().__init__()
             self.weight = torch.nn.Parameter(torch.ones(1))
 
-        def forward(self, x, y):
+        def forward(self, x, y, loss_chunk=0):
             if x.size(0) > 4:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
             return None, (self.weight * x.float()).sum()
@@ -199,9 +202,20 @@ def test_probe_reports_an_out_of_memory_error_as_not_fitting(monkeypatch):
     optimizer = torch.optim.AdamW(model.parameters())
     for name in ("synchronize", "empty_cache"):
         monkeypatch.setattr(torch.cuda, name, lambda *args: None)
-    fits = memory.cuda_probe(model, optimizer, 8, 16, "cpu", torch.autocast("cpu", enabled=False))
+    step = functools.partial(train_gpt2.forward_backward, model, autocast=contextlib.nullcontext(), loss_chunk=0,
+                             grad_accum_steps=1)
+    fits = memory.cuda_probe(model, optimizer, 8, 16, "cpu", step)
     assert memory.find_micro_batch(16, fits) == (4, [(16, "out of memory"), (8, "out of memory")])
     assert model.weight.grad is None and not optimizer.state  # nothing trained, nothing kept
+
+
+def test_the_probe_runs_the_training_micro_step_with_the_cuda_loss_chunk():
+    """--batch-size auto sizes B for what CUDA training runs: train_gpt2.forward_backward with the chunked loss
+    (loss_chunk_rows on CUDA), not a bare model(x, x) with the full logits, which would pick a smaller B."""
+    config = GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16)
+    step = train_gpt2.micro_step_probe(GPT(config), contextlib.nullcontext(), config, "cuda")
+    assert step.func is train_gpt2.forward_backward
+    assert step.keywords["loss_chunk"] == train_gpt2.loss_chunk_rows(64, "cuda") == 2**26 // 64
 
 
 # -----------------------------------------------------------------------------
