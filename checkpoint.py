@@ -428,10 +428,11 @@ RESUMABLE_FLAGS = ("max_steps", "epochs", "eval_every", "val_tokens", "hellaswag
                    "activation_checkpointing")
 
 
-def check_resume_args(path, checkpoint, args, world_size, step):
-    """Refuse a resume that would silently change the run; return notes on the changes a resume may make."""
+def check_resume_args(path, checkpoint, run_flags, world_size, step):
+    """Refuse a resume that would silently change the run; return notes on the changes a resume may make.
+    run_flags: the flags as this run resolved them (--dtype auto's choice, the --epochs steps, the auto batch)."""
     flag = lambda name: "--" + name.replace("_", "-")
-    old, new = checkpoint["args"], vars(args)
+    old, new = checkpoint["args"], run_flags
     changed = lambda names: [n for n in names if n in old and n in new and old[n] != new[n] and old[n] != "auto"]
     refused = changed(RUN_FLAGS)
     if refused:

@@ -337,6 +337,23 @@ def evaluate(model, examples, device, batch_size=16, autocast_dtype=None, rank=0
                 harness_acc=harness_correct / n, harness_acc_norm=harness_correct_norm / n)
 
 
+def load_examples_on_every_rank(rank, world_size, device):
+    """train_gpt2.py's HellaSwag: the val examples, or None (with a warning) when the data is not available.
+    Every rank must agree, or the evaluation's all-reduce would hang: the ranks vote."""
+    examples, reason = None, ""
+    try:
+        examples = load_examples("val")
+    except (OSError, RuntimeError, ValueError) as e:
+        reason = " ".join(str(e).split())
+    if world_size > 1:
+        ok = torch.tensor(float(examples is not None), device=device)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        examples = examples if ok.item() else None
+    if examples is None and rank == 0:
+        print(f"warning: HellaSwag disabled, its data is not available ({reason or 'on some rank'})", file=sys.stderr)
+    return examples
+
+
 
 # -----------------------------------------------------------------------------
 # command line

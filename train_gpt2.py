@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import json
 import math
 import os
 import re
@@ -46,17 +45,20 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import fineweb
 import hardware
+import hellaswag
 import memory
-from distributed import destroy_process_group, init_process_group
-from hardware import estimate_mfu, format_mfu, peak_flops
 from checkpoint import (ResumeError, check_resume_args, find_checkpoints, load_resume_checkpoint, resolve_resume,
                         rng_state, save_checkpoint, set_rng_state)
+from distributed import destroy_process_group, init_process_group
+from hardware import estimate_mfu, peak_flops
 from model import ARCH_FIELDS, ARCHS, CHOICES, FLOPS_CONVENTION, GPT, PRESETS, GPTConfig, flops_per_token
+from runlog import HELLASWAG_SCORES, RunLog
 
 # -----------------------------------------------------------------------------
 # arguments: every default in one place
 
 # --demo: a small model on the `python fineweb.py --demo` shards (Python's stdlib source); flags still override
+DEFAULT_BATCH_SIZE = 64  # rows per micro-step; also what --batch-size auto takes where there is no GPU to probe
 DEMO_PRESET = dict(data_dir="demo_shards", log_dir="log/demo", n_layer=4, n_head=4, n_embd=64, batch_size=8,
                    seq_len=64, total_batch_size=512, max_lr=3e-3, min_lr=3e-4, warmup_steps=20, max_steps=150,
                    eval_every=50, val_tokens=8192, hellaswag_every=0, sample_every=50, checkpoint_every=150)
@@ -83,7 +85,7 @@ def parse_args(argv=None):
     add("--schedule", default="cosine", choices=["cosine", "wsd"], help="after the warmup: cosine decay to --min-lr, "
         "or warmup-stable-decay: --max-lr until the last --decay-frac of the steps, then linear to --min-lr")
     add("--decay-frac", type=float, default=0.2, help="wsd: the fraction of --max-steps spent decaying")
-    add("--batch-size", type=batch_size_arg, default=64, help="micro-batch rows per GPU (B), or 'auto': the largest "
+    add("--batch-size", type=batch_size_arg, default=DEFAULT_BATCH_SIZE, help="micro-batch rows per GPU (B), or 'auto': the largest "
         "that fits this GPU and divides the rows per rank and step (elsewhere: the default, or its largest divisor)")
     add("--seq-len", type=int, default=1024, help="tokens per row (T)")
     add("--total-batch-size", type=int, default=524288, help="tokens per optimizer step, over all GPUs (2**19)")
@@ -123,7 +125,6 @@ def parse_args(argv=None):
     if args.demo:
         parser.set_defaults(**DEMO_PRESET)
         args = parser.parse_args(argv)  # parse again: flags given on the command line win over the preset
-    args.default_batch_size = parser.get_default("batch_size")  # what --batch-size auto falls back to off CUDA
     return args
 
 
@@ -131,7 +132,6 @@ def batch_size_arg(text):
     return text if text == "auto" else int(text)
 
 
-HELLASWAG_SCORES = ("acc", "acc_norm", "harness_acc", "harness_acc_norm")  # both conventions, as logged
 
 
 class FatalError(Exception):
@@ -159,10 +159,12 @@ def describe_arch(args, config, n_params):
             f"parameters, {100 * (n_params / gpt2_params - 1):+.2f}% against gpt2's {gpt2_params:,} at this size")
 
 
-def check_args(args, config, world_size):
-    """Reject impossible settings before any work is done."""
+def check_args(args, config, world_size, batch_size):
+    """Reject impossible settings before any work is done. batch_size: B, as --batch-size auto resolved it."""
     flag = lambda name: "--" + name.replace("_", "-")
-    positive = ["batch_size", "seq_len", "total_batch_size", "vocab_size", "n_layer", "n_head", "n_embd",
+    if batch_size <= 0:
+        raise FatalError(f"--batch-size must be positive, got {batch_size}")
+    positive = ["seq_len", "total_batch_size", "vocab_size", "n_layer", "n_head", "n_embd",
                 "sample_tokens", "max_lr"] + ([] if args.epochs else ["max_steps"])
     for name in positive:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
@@ -177,11 +179,25 @@ def check_args(args, config, world_size):
         raise FatalError(f"n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
     if args.seq_len > config.block_size:
         raise FatalError(f"--seq-len {args.seq_len} is longer than the model's block_size {config.block_size}")
-    tokens_per_micro_step = args.batch_size * args.seq_len * world_size
+    tokens_per_micro_step = batch_size * args.seq_len * world_size
     if args.total_batch_size % tokens_per_micro_step:
         raise FatalError(f"--total-batch-size {args.total_batch_size} is not a multiple of batch-size x seq-len x "
-                         f"world size = {args.batch_size} x {args.seq_len} x {world_size} = {tokens_per_micro_step}; "
+                         f"world size = {batch_size} x {args.seq_len} x {world_size} = {tokens_per_micro_step}; "
                          f"use a multiple of {tokens_per_micro_step} or change --batch-size")
+
+
+def resolve_batch_size(args, device_type):
+    """B: --batch-size, or for 'auto' where there is no GPU to probe, the default or its largest divisor of the rows
+    each rank takes per step (so the global batch stays the flags')."""
+    if args.batch_size != "auto":
+        return args.batch_size
+    rows_per_rank = args.total_batch_size // (args.seq_len * world_size)
+    default = DEMO_PRESET["batch_size"] if args.demo else DEFAULT_BATCH_SIZE
+    batch_size = memory.fallback_micro_batch(rows_per_rank, default)
+    if master:
+        print(f"batch size auto: {batch_size}, the default {default} or its largest divisor of the {rows_per_rank} "
+              f"rows per rank and step: there is no GPU to probe on {device_type}")
+    return batch_size
 
 
 # -----------------------------------------------------------------------------
@@ -392,6 +408,32 @@ def is_spike(loss, recent_losses, z_threshold):
 SPIKE_WINDOW, SPIKE_MIN_HISTORY = 100, 10  # losses of accepted steps the spike test looks back on
 
 
+def skip_reason(loss, norm, scaler, recent_losses, z_threshold):
+    """Why this step's update must not reach the weights (a NaN/inf loss or gradient, or a loss spike), or None.
+    With fp16, inf gradients are the GradScaler's to skip, as usual."""
+    if not math.isfinite(loss) or (scaler is None and not math.isfinite(norm)):
+        return "not finite"
+    if is_spike(loss, recent_losses, z_threshold):
+        return "a spike"
+    return None
+
+
+class StopSignals:
+    """SIGTERM and Ctrl-C are noted in `received`: the loop finishes the step, writes a checkpoint and exits. The
+    default handlers come back at the first signal, so a second one stops the process at once."""
+
+    def __init__(self):
+        self.received = []
+        self.original = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in self.original:
+            signal.signal(s, self.on_signal)
+
+    def on_signal(self, signum, frame):
+        self.received.append(signum)
+        for s, handler in self.original.items():
+            signal.signal(s, handler)
+
+
 @torch.no_grad()
 def evaluate_val(model, loader, n_batches, device, autocast, rank, world_size, lockstep=False):
     """Mean loss over the first n_batches of the val stream; rank r takes batches r, r + world_size... Summed in
@@ -423,40 +465,37 @@ def print_samples(model, enc, step, seed, device, autocast, max_new_tokens, show
     return [enc.decode(row) for row in out.tolist()]
 
 
-def load_hellaswag(rank, world_size, device):
-    """HellaSwag val examples, or None (with a warning) when hellaswag.py or its data is not available.
-    Every rank must agree, or the evaluation's all-reduce would hang: the ranks vote."""
-    examples, reason = None, ""
-    try:
-        import hellaswag
-        examples = hellaswag.load_examples("val")
-    except (ImportError, OSError, RuntimeError, ValueError) as e:
-        reason = " ".join(str(e).split())
-    if world_size > 1:
-        ok = torch.tensor(float(examples is not None), device=device)
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        examples = examples if ok.item() else None
-    if examples is None and rank == 0:
-        print(f"warning: HellaSwag disabled, its data is not available ({reason or 'on some rank'})", file=sys.stderr)
-    return examples
+def print_run_summary(args, config, n_params, device, device_name, dtype, use_compile, strategy, B, grad_accum_steps,
+                      max_steps, windows_per_epoch, val_batches, flops_per_tok):
+    """What rank 0 prints before the first step: the model, the device, the FLOPs convention and the batch."""
+    T = args.seq_len
+    print(f"model {args.model} {dataclasses.asdict(config)}: {n_params:,} parameters")
+    schedule = f"schedule {args.schedule}"
+    if args.schedule == "wsd":
+        schedule += f" (decay over the last {args.decay_frac:g})"
+    print(f"{describe_arch(args, config, n_params)}; optimizer {args.optimizer}, {schedule}")
+    print(f"device {device} ({device_name}), dtype {dtype}, compile {use_compile}, world size {world_size}")
+    peak = peak_flops(device_name)
+    against = "an unknown peak (mfu unknown)" if peak is None else f"a dense peak of {peak / 1e12:g} TFLOP/s"
+    print(f"{FLOPS_CONVENTION}: {flops_per_tok:,} per token, against {against}")
+    print(f"total batch {args.total_batch_size} tokens = {B} x {T} x {world_size} ranks x {grad_accum_steps} "
+          f"accumulation steps; {max_steps} steps; {windows_per_epoch * T:,} train tokens per epoch; "
+          f"{val_batches * B * T:,} val tokens")
+    sharding = "none" if strategy == "ddp" else memory.strategy_name(strategy)
+    checkpointing = "on" if args.activation_checkpointing else "off"
+    print(f"sharding: {sharding}; activation checkpointing {checkpointing}")
 
 
-def format_duration(seconds):
-    """3723.4 -> '1:02:03'."""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+def eta_seconds(steps_left, step_times, steps_run, other_seconds):
+    """The steps left at the recent median step time, plus the evals' and checkpoints' share of the time so far
+    (other_seconds over steps_run). The first steps (compilation, step 0's eval) say nothing yet about the rest:
+    None before ETA_MIN_STEPS."""
+    if steps_run < ETA_MIN_STEPS:
+        return None
+    return round(steps_left * (statistics.median(step_times) + other_seconds / steps_run), 3)
 
 
-def write_metrics(file, step, kind, **fields):
-    """One JSON object per line in metrics.jsonl, for app.py's run page (log.txt keeps its own format). A
-    non-finite number (a skipped step's loss) is written as null, so every line is strict JSON."""
-    if file is None:
-        return
-    fields = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()}
-    file.write(json.dumps({"step": step, "kind": kind, **fields}) + "\n")
-
-
-def start_wandb(args, config, run_id):
+def start_wandb(args, run_flags, config, run_id):
     """Rank 0's Weights & Biases run, with the whole config. A resumed training run continues the W&B run whose
     id its checkpoint holds (resume="must"); a fresh one starts a new run, whose id the checkpoints keep."""
     try:
@@ -465,21 +504,111 @@ def start_wandb(args, config, run_id):
         raise FatalError("--wandb needs the wandb package: pip install wandb") from None
     try:
         return wandb.init(project=args.wandb, name=args.wandb_run, id=run_id, resume="must" if run_id else None,
-                          config=dict(args=vars(args), model=dataclasses.asdict(config)))
+                          config=dict(args=run_flags, model=dataclasses.asdict(config)))
     except Exception as e:  # not logged in, no network, a run id the project does not have, ...
         reason = " ".join(str(e).split())[:300]
         raise FatalError(f"--wandb {args.wandb}: could not start the W&B run ({type(e).__name__}: {reason}); run "
                          f"`wandb login`, or set WANDB_MODE=offline and `wandb sync` later") from None
 
 
-def log_wandb(run, step, metrics):
-    """metrics at `step`; None values are left out, a list of strings becomes a table. A resumed run re-runs the
-    steps after its checkpoint, which the W&B run may already have (with the same values): those are skipped."""
-    if run is None or step < run.step:
+@dataclasses.dataclass
+class TrainState:
+    """What a run carries from step to step besides its weights, optimizer and data position, under the names its
+    checkpoints use: a resume restores exactly this."""
+    step: int = 0  # updates done
+    recent_losses: deque = dataclasses.field(default_factory=lambda: deque(maxlen=SPIKE_WINDOW))  # accepted steps'
+    bad_steps: int = 0  # updates skipped in a row
+    evals_done: bool = False  # this step's evals ran before the checkpoint was written
+    elapsed_s: float = 0.0  # training time before this process started
+    wandb_run_id: str = None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint):
+        return cls(step=checkpoint["step"], recent_losses=deque(checkpoint["recent_losses"], maxlen=SPIKE_WINDOW),
+                   bad_steps=checkpoint["bad_steps"], evals_done=checkpoint["evals_done"],
+                   elapsed_s=checkpoint.get("elapsed_s", 0.0), wandb_run_id=checkpoint.get("wandb_run_id"))
+
+    def to_checkpoint(self):
+        return dict(step=self.step, recent_losses=list(self.recent_losses), bad_steps=self.bad_steps,
+                    evals_done=self.evals_done, elapsed_s=self.elapsed_s, wandb_run_id=self.wandb_run_id)
+
+
+def build_model(args, config, checkpoint, strategy, device):
+    """The model, seeded, with a resumed checkpoint's weights loaded before any sharding, and its optimizer."""
+    device_type = device.split(":")[0]
+    torch.manual_seed(args.seed)
+    raw_model = GPT(config).to(device)
+    if checkpoint:
+        raw_model.load_state_dict(checkpoint["model"])
+    if args.activation_checkpointing:
+        memory.checkpoint_blocks(raw_model)
+    try:  # FSDP2 may not run on this device with this torch, nor shard every optimizer
+        if strategy == "fsdp":
+            memory.shard_model(raw_model, device_type)
+        optimizer = raw_model.configure_optimizers(args.weight_decay, args.max_lr, device_type,
+                                                   optimizer=args.optimizer)
+        optimizer = memory.shard_optimizer(optimizer, strategy)
+    except ValueError as e:
+        raise FatalError(str(e)) from None
+    return raw_model, optimizer
+
+
+def restore_training_state(checkpoint, raw_model, optimizer, strategy, scaler, device_type):
+    """Everything but the weights (loaded before sharding) and the data position (loaded with the loader)."""
+    memory.load_optimizer_state(raw_model, optimizer, checkpoint["optimizer"], strategy)
+    if scaler is not None and checkpoint.get("grad_scaler"):
+        scaler.load_state_dict(checkpoint["grad_scaler"])
+    if rank < len(checkpoint["rng"]):  # a resume on more ranks than saved: the new ranks keep their fresh seeds
+        set_rng_state(checkpoint["rng"][rank], device_type)
+    return TrainState.from_checkpoint(checkpoint)
+
+
+def check_ranks_start_together(start_step, device):
+    """A rank that found no checkpoint would start over alone: all nodes must share the log dir."""
+    steps = torch.tensor([start_step, -start_step], device=device)
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+    latest, minus_earliest = steps.tolist()
+    if latest != -minus_earliest:
+        raise FatalError(f"ranks resume from different steps ({-minus_earliest} to {latest}): --log-dir must be "
+                         f"one directory shared by all nodes")
+
+
+def loader_state(loader, prefetched_rows):
+    """The loader's state as a checkpoint keeps it: rows prefetched for a step not yet run are read again on resume."""
+    state = loader.state_dict()
+    state["position"] -= prefetched_rows
+    return state
+
+
+def prepare_log_dir(log_dir):
+    """Make the log dir, and remove the temporary file a run killed mid-write left (its final name never got it)."""
+    os.makedirs(log_dir, exist_ok=True)
+    for name in os.listdir(log_dir):
+        if re.fullmatch(r"model_\d+\.pt\.tmp", name):
+            os.remove(os.path.join(log_dir, name))
+
+
+def write_checkpoint(log_dir, state, val_loss, raw_model, optimizer, strategy, scaler, config, loader_state,
+                     run_flags, device_type, keep_checkpoints=0, sleep_before_rename=0.0):
+    """The whole training state after state.step updates, in log_dir/model_{step:05d}.pt. Every rank contributes its
+    RNG state and its shards of the model and optimizer (gathered on rank 0); rank 0 writes the file, then removes
+    the oldest beyond keep_checkpoints (0: keep all)."""
+    rng_states = [rng_state(device_type)]
+    if ddp:
+        rng_states = [None] * world_size
+        dist.all_gather_object(rng_states, rng_state(device_type))
+    model_state, optimizer_state = memory.full_state(raw_model, optimizer, strategy)
+    if not master:
         return
-    import wandb
-    run.log({key: wandb.Table(columns=["sample"], data=[[text] for text in value]) if isinstance(value, list)
-             else value for key, value in metrics.items() if value is not None}, step=step)
+    grad_scaler = scaler.state_dict() if scaler else None
+    path = os.path.join(log_dir, f"model_{state.step:05d}.pt")
+    save_checkpoint(path, dict(model=model_state, config=dataclasses.asdict(config), val_loss=val_loss,
+                               optimizer=optimizer_state, loader=loader_state, rng=rng_states, grad_scaler=grad_scaler,
+                               args=run_flags, **state.to_checkpoint()), sleep_before_rename)
+    if keep_checkpoints:
+        for _, old in find_checkpoints(log_dir)[:-keep_checkpoints]:
+            os.remove(old)
+    print(f"wrote {path}")
 
 
 def fault_injection_hooks():
@@ -497,38 +626,39 @@ def fault_injection_hooks():
 
 
 # -----------------------------------------------------------------------------
+# DDP facts from torchrun's environment, computed once: the only state shared by everything in this file
+
+ddp = "RANK" in os.environ  # torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
+rank = int(os.environ.get("RANK", 0))
+local_rank = int(os.environ.get("LOCAL_RANK", 0))
+world_size = int(os.environ.get("WORLD_SIZE", 1))
+master = rank == 0  # rank 0 prints, logs and writes checkpoints
+
+# -----------------------------------------------------------------------------
 # main: setup, then the loop
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = parse_args(argv)  # what the user typed; values derived from it live in their own names below
     sys.stdout.reconfigure(line_buffering=True)  # step lines show up at once through pipes and tee
-
-    # DDP facts from torchrun's environment, the only state shared by everything below
-    ddp = "RANK" in os.environ  # torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
-    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    master = rank == 0
     hooks = fault_injection_hooks()
 
+    # the device, the 16-bit format and the sharding
     config = model_config(args)
     try:  # bf16 only where the GPU has it natively (compute capability >= 8.0), else fp16 with a GradScaler
         device = hardware.pick_device(args.device, local_rank, ddp)
         dtype = hardware.pick_dtype(args.dtype, device, warn=master)
         strategy = memory.pick_strategy(args.fsdp, args.shard_optimizer, dtype, world_size)
-        if master and world_size == 1 and (args.fsdp or args.shard_optimizer):
-            print(f"note: one process, nothing to shard: --{'fsdp' if args.fsdp else 'shard-optimizer'} ignored")
     except ValueError as e:
         raise FatalError(str(e)) from None
+    if master and world_size == 1 and (args.fsdp or args.shard_optimizer):
+        print(f"note: one process, nothing to shard: --{'fsdp' if args.fsdp else 'shard-optimizer'} ignored")
     device_type = device.split(":")[0]
+
+    # the batch: B rows of T tokens per micro-step; --batch-size auto is probed on CUDA once the model exists
+    T = args.seq_len
     probe_batch = args.batch_size == "auto" and device_type == "cuda"
-    if args.batch_size == "auto":  # on CUDA probed once the model is built (1 until then); elsewhere the default
-        rows_per_rank = args.total_batch_size // (args.seq_len * world_size)
-        args.batch_size = 1 if probe_batch else memory.fallback_micro_batch(rows_per_rank, args.default_batch_size)
-        if master and not probe_batch:
-            print(f"batch size auto: {args.batch_size}, the default {args.default_batch_size} or its largest divisor "
-                  f"of the {rows_per_rank} rows per rank and step: there is no GPU to probe on {device_type}")
-    check_args(args, config, world_size)
-    B, T = args.batch_size, args.seq_len
+    B = 1 if probe_batch else resolve_batch_size(args, device_type)
+    check_args(args, config, world_size, B)
     grad_accum_steps = args.total_batch_size // (B * T * world_size)
     windows_per_step = args.total_batch_size // T
 
@@ -539,41 +669,34 @@ def main(argv=None):
     if train_loader.windows_per_epoch < windows_per_step:
         raise FatalError(f"the train shards hold {train_loader.windows_per_epoch * T} tokens, fewer than one step "
                          f"of --total-batch-size {args.total_batch_size}")
-    val_batches = min(args.val_tokens // T, val_loader.windows_per_epoch) // B
+    val_windows = min(args.val_tokens // T, val_loader.windows_per_epoch)
+    val_batches = val_windows // B
     if args.eval_every and val_batches == 0:
         raise FatalError(f"--val-tokens {args.val_tokens} is less than one val batch of {B * T} tokens")
+    max_steps = args.max_steps
     if args.epochs:
-        args.max_steps = args.epochs * train_loader.windows_per_epoch // windows_per_step
-        if args.max_steps == 0:
+        max_steps = args.epochs * train_loader.windows_per_epoch // windows_per_step
+        if max_steps == 0:
             raise FatalError(f"--epochs {args.epochs} is less than one step of {args.total_batch_size} tokens")
+    # the flags as this run resolved them (auto's choices made): what a checkpoint records and a resume compares
+    run_flags = dict(vars(args), batch_size=B, max_steps=max_steps, dtype=dtype)
     resume_path = resolve_resume(args.resume, args.log_dir)  # the newest in the log dir (auto), a given one, or none
-    checkpoint = load_resume_checkpoint(resume_path, config, args.optimizer, args.log_dir) if resume_path else None
-    args.dtype = dtype  # what --dtype auto chose: a resume compares (and a checkpoint records) that
-    resume_notes = check_resume_args(resume_path, checkpoint, args, world_size, checkpoint["step"]) if checkpoint else []
-    if checkpoint:
+    checkpoint = None
+    resume_notes = []
+    if resume_path:
+        checkpoint = load_resume_checkpoint(resume_path, config, args.optimizer, args.log_dir)
+        resume_notes = check_resume_args(resume_path, checkpoint, run_flags, world_size, checkpoint["step"])
         train_loader.load_state_dict(checkpoint["loader"])
 
     if ddp:
         init_process_group("nccl" if device_type == "cuda" else "gloo", rank, world_size)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
-    ptdtype, autocast = hardware.DTYPES[dtype], hardware.autocast(dtype, device)
+    ptdtype = hardware.DTYPES[dtype]
+    autocast = hardware.autocast(dtype, device)
     loss_chunk = loss_chunk_rows(config.vocab_size, device_type)
 
     # the model (its weights resumed before any sharding), its optimizer, and the fp16 loss scaler
-    torch.manual_seed(args.seed)
-    raw_model = GPT(config).to(device)
-    if checkpoint:
-        raw_model.load_state_dict(checkpoint["model"])
-    if args.activation_checkpointing:
-        memory.checkpoint_blocks(raw_model)
-    try:  # FSDP2 may not run on this device with this torch, nor shard every optimizer
-        if strategy == "fsdp":
-            memory.shard_model(raw_model, device_type)
-        optimizer = raw_model.configure_optimizers(args.weight_decay, args.max_lr, device_type,
-                                                   optimizer=args.optimizer)
-        optimizer = memory.shard_optimizer(optimizer, strategy)
-    except ValueError as e:
-        raise FatalError(str(e)) from None
+    raw_model, optimizer = build_model(args, config, checkpoint, strategy, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
     if probe_batch:
         probe_step = micro_step_probe(raw_model, autocast, config, device_type)
@@ -581,57 +704,48 @@ def main(argv=None):
                                           args.activation_checkpointing, world_size, device, probe_step)
         if master:
             print(note)
-        args.batch_size = train_loader.B = val_loader.B = B
+        train_loader.B = val_loader.B = B
+        run_flags["batch_size"] = B
         grad_accum_steps = args.total_batch_size // (B * T * world_size)
-        val_batches = max(1, min(args.val_tokens // T, val_loader.windows_per_epoch) // B)
+        val_batches = max(1, val_windows // B)
 
     # resume the whole training state
-    start_step, recent_losses, bad_streak, resumed_evals_done = 0, deque(maxlen=SPIKE_WINDOW), 0, False
-    wandb_run_id, elapsed_before = None, 0.0
+    state = TrainState()
     if checkpoint:
-        memory.load_optimizer_state(raw_model, optimizer, checkpoint["optimizer"], strategy)
-        if scaler is not None and checkpoint.get("grad_scaler"):
-            scaler.load_state_dict(checkpoint["grad_scaler"])
-        if rank < len(checkpoint["rng"]):
-            set_rng_state(checkpoint["rng"][rank], device_type)
-        start_step, bad_streak = checkpoint["step"], checkpoint["bad_steps"]
-        recent_losses.extend(checkpoint["recent_losses"])
-        resumed_evals_done = checkpoint["evals_done"]
-        wandb_run_id, elapsed_before = checkpoint.get("wandb_run_id"), checkpoint.get("elapsed_s", 0.0)
+        state = restore_training_state(checkpoint, raw_model, optimizer, strategy, scaler, device_type)
         del checkpoint  # its copy of the weights and optimizer state is not needed any more
-    if ddp:  # a rank that found no checkpoint would start over alone: all nodes must share the log dir
-        steps = torch.tensor([start_step, -start_step], device=device)
-        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
-        latest, minus_earliest = steps.tolist()
-        if latest != -minus_earliest:
-            raise FatalError(f"ranks resume from different steps ({-minus_earliest} to {latest}): --log-dir must be "
-                             f"one directory shared by all nodes")
-    log_file = os.path.join(args.log_dir, "log.txt")
+    start_step = state.step
+    if ddp:
+        check_ranks_start_together(start_step, device)
+    run_log = None
     if master:
-        os.makedirs(args.log_dir, exist_ok=True)
-        for name in os.listdir(args.log_dir):
-            if re.fullmatch(r"model_\d+\.pt\.tmp", name):  # left by a run killed mid-write
-                os.remove(os.path.join(args.log_dir, name))
-    # metrics.jsonl: what the step line prints, the evals and the samples, as JSON (rank 0; line-buffered, so
-    # each record is on disk as soon as it is written)
-    metrics_file = open(os.path.join(args.log_dir, "metrics.jsonl"), "a" if resume_path else "w",
-                        buffering=1, encoding="utf-8") if master else None
-    # log.txt too stays open, line-buffered: a fresh run starts a fresh log, a resumed one appends
-    log_txt = open(log_file, "a" if resume_path else "w", buffering=1) if master else None
-    wandb_run = start_wandb(args, config, wandb_run_id) if master and args.wandb else None
-    wandb_run_id = wandb_run.id if wandb_run else wandb_run_id  # kept in every checkpoint, even without --wandb
+        prepare_log_dir(args.log_dir)
+        wandb_run = start_wandb(args, run_flags, config, state.wandb_run_id) if args.wandb else None
+        if wandb_run:
+            state.wandb_run_id = wandb_run.id  # kept in every checkpoint, so a resume continues this W&B run
+        run_log = RunLog(args.log_dir, append=resume_path is not None, wandb_run=wandb_run)
+        run_log.log(start_step, "config", args=run_flags)  # the data and flags the run trained with (plot_log.py)
 
     # compile for training and val (fixed shapes); HellaSwag and sampling have varying shapes and use
     # raw_model, which shares the parameters, so nothing recompiles and nothing breaks
-    use_compile = args.compile if args.compile is not None else device_type == "cuda"
+    use_compile = args.compile
+    if use_compile is None:
+        use_compile = device_type == "cuda"
     eval_model = model = torch.compile(raw_model) if use_compile else raw_model
     if ddp and strategy != "fsdp":
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+        device_ids = [local_rank] if device_type == "cuda" else None
+        model = DDP(model, device_ids=device_ids)
     everyone = strategy == "fsdp"  # FSDP's forwards gather weights: every rank takes part in every evaluation
 
     # periodic work: which of it can run here
     vocab_ok = config.vocab_size >= 50257  # the GPT-2 tokenizer's ids must fit the embedding
-    hellaswag_examples = load_hellaswag(rank, world_size, device) if args.hellaswag_every and vocab_ok else None
+    hellaswag_examples = None
+    if args.hellaswag_every and vocab_ok:
+        hellaswag_examples = hellaswag.load_examples_on_every_rank(rank, world_size, device)
+    hellaswag_rank, hellaswag_world_size = rank, world_size  # each rank scores its share of the examples ...
+    if everyone:
+        hellaswag_rank, hellaswag_world_size = 0, 1  # ... but under FSDP every rank scores all of them
+    hellaswag_batch_size = 16 if device_type == "cuda" else 1  # on CPU, big batches are slower
     enc = None
     if args.sample_every and vocab_ok and (master or everyone):
         enc = fineweb.get_tokenizer()
@@ -641,93 +755,47 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name(device) if device_type == "cuda" else device_type
 
     if master:
-        print(f"model {args.model} {dataclasses.asdict(config)}: {raw_model.num_params():,} parameters")
-        print(describe_arch(args, config, raw_model.num_params()) + f"; optimizer {args.optimizer}, schedule "
-              f"{args.schedule}" + (f" (decay over the last {args.decay_frac:g})" if args.schedule == "wsd" else ""))
-        print(f"device {device} ({device_name}), dtype {dtype}, compile {use_compile}, world size {world_size}")
-        peak = peak_flops(device_name)
-        print(f"{FLOPS_CONVENTION}: {flops_per_tok:,} per token, against "
-              f"{'an unknown peak (mfu unknown)' if peak is None else f'a dense peak of {peak / 1e12:g} TFLOP/s'}")
-        print(f"total batch {args.total_batch_size} tokens = {B} x {T} x {world_size} ranks x {grad_accum_steps} "
-              f"accumulation steps; {args.max_steps} steps; {train_loader.windows_per_epoch * T:,} train tokens "
-              f"per epoch; {val_batches * B * T:,} val tokens")
+        print_run_summary(args, config, raw_model.num_params(), device, device_name, dtype, use_compile, strategy, B,
+                          grad_accum_steps, max_steps, train_loader.windows_per_epoch, val_batches, flops_per_tok)
         print(f"resuming from {resume_path} at step {start_step}" if resume_path else "starting from scratch")
         for note in resume_notes:
             print(f"note: {note}")
-        print(f"sharding: {'none' if strategy == 'ddp' else memory.strategy_name(strategy)}; activation checkpointing "
-              f"{'on' if args.activation_checkpointing else 'off'}")
 
-    def write_checkpoint(step, val_loss, evals_done):
-        """Every rank contributes its RNG state; rank 0 writes the file, then prunes old ones."""
-        states = [rng_state(device_type)]
-        if ddp:
-            states = [None] * world_size
-            dist.all_gather_object(states, rng_state(device_type))
-        model_state, optimizer_state = memory.full_state(raw_model, optimizer, strategy)  # gathered on rank 0
-        if not master:
-            return
-        path = os.path.join(args.log_dir, f"model_{step:05d}.pt")
-        save_checkpoint(path, dict(
-            model=model_state, config=dataclasses.asdict(config), step=step, val_loss=val_loss,
-            optimizer=optimizer_state, loader=dict(train_loader.state_dict(), position=train_loader.position - (
-                B * world_size if batch is not None else 0)),  # the prefetched micro-batch is read again on resume
-            rng=states, grad_scaler=scaler.state_dict() if scaler else None, args=vars(args), evals_done=evals_done,
-            recent_losses=list(recent_losses), bad_steps=bad_streak, wandb_run_id=wandb_run_id,
-            elapsed_s=elapsed_before + time.time() - loop_start),
-            hooks["checkpoint_sleep"])
-        if args.keep_checkpoints:
-            for _, old in find_checkpoints(args.log_dir)[:-args.keep_checkpoints]:
-                os.remove(old)
-        print(f"wrote {path}")
-
-    # SIGTERM / Ctrl-C: note it; the loop checkpoints at the end of the step and exits. Restoring the default
-    # handlers means that a second signal stops the process at once.
-    signals_received = []
-    original_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_signal(signum, frame):
-        signals_received.append(signum)
-        for s, handler in original_handlers.items():
-            signal.signal(s, handler)
-    for s in original_handlers:
-        signal.signal(s, on_signal)
+    stop_signals = StopSignals()  # SIGTERM / Ctrl-C: checkpoint at the end of the step, then exit
 
     # -------------------------------------------------------------------------
     # the loop: at the top of iteration `step`, the weights have had `step` updates
     batch = None  # the prefetched micro-batch (B windows the loader has dealt but no step has used yet)
-    step_times, steps_run, step_seconds = deque(maxlen=50), 0, 0.0  # for the ETA: recent steps, and all of them
+    step_times = deque(maxlen=50)  # for the ETA: the recent steps' times
+    steps_run = 0
+    step_seconds = 0.0  # the time of every step run here, evals and checkpoints excluded
     loop_start = time.time()
-    for step in range(start_step, args.max_steps + 1):
+    for step in range(start_step, max_steps + 1):
         val_loss = None
-        if step > start_step or not resumed_evals_done:  # a resumed checkpoint's step was evaluated before it was saved
-            if due(args.eval_every, step, args.max_steps):
+        if step > start_step or not state.evals_done:  # a resumed checkpoint's step was evaluated before it was saved
+            if due(args.eval_every, step, max_steps):
                 val_loss = evaluate_val(eval_model, val_loader, val_batches, device, autocast, rank, world_size,
                                         lockstep=everyone)
                 if master:
-                    print(f"step {step:5d} | val loss {val_loss:.4f}")
-                    log_txt.write(f"{step} val {val_loss:.4f}\n")
-                    write_metrics(metrics_file, step, "val", loss=val_loss)
-                    log_wandb(wandb_run, step, {"val/loss": val_loss})
-            if hellaswag_examples and due(args.hellaswag_every, step, args.max_steps):
-                import hellaswag
+                    run_log.log(step, "val", loss=val_loss)
+            if hellaswag_examples and due(args.hellaswag_every, step, max_steps):
                 result = hellaswag.evaluate(raw_model, hellaswag_examples, device, autocast_dtype=ptdtype,
-                                            rank=0 if everyone else rank, world_size=1 if everyone else world_size,
-                                            batch_size=16 if device_type == "cuda" else 1)
+                                            rank=hellaswag_rank, world_size=hellaswag_world_size,
+                                            batch_size=hellaswag_batch_size)
                 if master:
-                    print(f"step {step:5d} | hellaswag acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} "
-                          f"harness acc {result['harness_acc']:.4f} acc_norm {result['harness_acc_norm']:.4f} "
-                          f"(n={result['n']})")
-                    log_txt.write(f"{step} hella {result['acc_norm']:.4f}\n")
-                    write_metrics(metrics_file, step, "hellaswag", **{k: result[k] for k in HELLASWAG_SCORES},
-                                  n=result["n"])
-                    log_wandb(wandb_run, step, {f"hellaswag/{k}": result[k] for k in HELLASWAG_SCORES})
-            if enc is not None and step > 0 and due(args.sample_every, step, args.max_steps):
+                    run_log.log(step, "hellaswag", **{k: result[k] for k in HELLASWAG_SCORES}, n=result["n"])
+            if enc is not None and step > 0 and due(args.sample_every, step, max_steps):
                 samples = print_samples(raw_model, enc, step, args.seed, device, autocast, args.sample_tokens, master)
-                write_metrics(metrics_file, step, "samples", samples=samples)
-                log_wandb(wandb_run, step, {"samples": samples})
-        if step > start_step and due(args.checkpoint_every, step, args.max_steps):
-            write_checkpoint(step, val_loss, evals_done=True)
-        if step == args.max_steps:
+                if master:
+                    run_log.log(step, "samples", samples=samples)
+        if step > start_step and due(args.checkpoint_every, step, max_steps):
+            prefetched_rows = 0 if batch is None else B * world_size
+            elapsed_s = state.elapsed_s + time.time() - loop_start
+            snapshot = dataclasses.replace(state, step=step, evals_done=True, elapsed_s=elapsed_s)
+            write_checkpoint(args.log_dir, snapshot, val_loss, raw_model, optimizer, strategy, scaler, config,
+                             loader_state(train_loader, prefetched_rows), run_flags, device_type,
+                             args.keep_checkpoints, hooks["checkpoint_sleep"])
+        if step == max_steps:
             break
 
         # one optimizer step over total_batch_size tokens: grad_accum_steps micro-batches per rank
@@ -741,33 +809,35 @@ def main(argv=None):
             x, y = batch
             # prefetch the next micro-batch, the next step's first one too: host work and copy overlap the queued
             # GPU work, also with one micro-step per step (8 GPUs). A checkpoint counts it as not yet read.
-            last = micro_step + 1 == grad_accum_steps and step + 1 == args.max_steps
+            last = micro_step + 1 == grad_accum_steps and step + 1 == max_steps
             batch = None if last else to_device(train_loader.next_batch(), device)
             # DDP all-reduces gradients during backward: only on the last micro-step, once they are complete
             sync = not ddp or micro_step == grad_accum_steps - 1
             loss_accum += forward_backward(model, x, y, autocast, loss_chunk, grad_accum_steps, scaler, sync,
                                            hooks["loss_factor"].get(step))
         # one all-reduce carries the loss and whether any rank was asked to stop
-        stats = torch.stack([loss_accum, torch.full_like(loss_accum, float(bool(signals_received)))])  # no H2D copy
+        stop_flag = torch.full_like(loss_accum, float(bool(stop_signals.received)))  # built on the device: no H2D copy
+        stats = torch.stack([loss_accum, stop_flag])
         if ddp:
             dist.all_reduce(stats)
         if scaler:
             scaler.unscale_(optimizer)
         norm = memory.clip_grad_norm(raw_model, args.grad_clip or float("inf"))
         train_loss, stop_votes, norm = torch.stack([stats[0] / world_size, stats[1], norm.float()]).tolist()  # 1 sync
-        lr = get_lr(step, args.max_lr, args.min_lr, args.warmup_steps, args.max_steps, args.schedule, args.decay_frac)
-        # a NaN/inf loss or gradient, or a loss spike, must not reach the weights; every rank sees the same loss
-        # and norm, so all skip together. (With fp16, inf gradients are the GradScaler's to skip, as usual.)
-        not_finite = not math.isfinite(train_loss) or (scaler is None and not math.isfinite(norm))
-        bad = not_finite or is_spike(train_loss, recent_losses, args.skip_spikes)
-        if bad:
-            bad_streak += 1
+        lr = get_lr(step, args.max_lr, args.min_lr, args.warmup_steps, max_steps, args.schedule, args.decay_frac)
+        # every rank sees the same loss and norm, so all skip together
+        skipped = skip_reason(train_loss, norm, scaler, state.recent_losses, args.skip_spikes)
+        if skipped:
+            state.bad_steps += 1
         else:
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            scaler.step(optimizer) if scaler else optimizer.step()
-            bad_streak = 0
-            recent_losses.append(train_loss)
+            if scaler:
+                scaler.step(optimizer)
+            else:
+                optimizer.step()
+            state.bad_steps = 0
+            state.recent_losses.append(train_loss)
         if scaler:
             scaler.update()
         if step == start_step:  # the training states all exist now: what each rank holds
@@ -777,44 +847,29 @@ def main(argv=None):
         optimizer.zero_grad(set_to_none=True)
         dt = time.time() - t0  # no device sync just to time it: the next step's loss read waits for this one
         step_times.append(dt)
-        steps_run, step_seconds = steps_run + 1, step_seconds + dt
-        elapsed = elapsed_before + time.time() - loop_start
-        # remaining steps at the recent median step time, plus the evals' and checkpoints' share of the time so far;
-        # the first steps (compilation, step 0's eval) say nothing yet about the rest, so no ETA before ETA_MIN_STEPS
-        eta = None
-        if steps_run >= ETA_MIN_STEPS:
-            overhead_per_step = (elapsed - elapsed_before - step_seconds) / steps_run
-            eta = (args.max_steps - step - 1) * (statistics.median(step_times) + overhead_per_step)
-        eta_text = "estimating" if eta is None else format_duration(eta)
-        eta_s = None if eta is None else round(eta, 3)
+        steps_run += 1
+        step_seconds += dt
+        elapsed = state.elapsed_s + time.time() - loop_start
+        eta = eta_seconds(max_steps - step - 1, step_times, steps_run, time.time() - loop_start - step_seconds)
 
         if master:
             tokens_per_sec = args.total_batch_size / dt
             mfu = estimate_mfu(tokens_per_sec / world_size, flops_per_tok, device_name)
-            print(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | "
-                  f"tok/s {tokens_per_sec:.0f} | mfu {format_mfu(mfu)} | elapsed {format_duration(elapsed)} | "
-                  f"eta {eta_text}")
-            if bad:
-                reason = "not finite" if not_finite else "a spike"
-                print(f"warning: step {step}: loss {train_loss}, grad norm {norm}: {reason}, update skipped "
-                      f"({bad_streak} in a row)", file=sys.stderr)
-                log_txt.write(f"{step} skip {train_loss:.6f}\n")
-            else:
-                log_txt.write(f"{step} train {train_loss:.6f}\n")
-            write_metrics(metrics_file, step, "train", loss=train_loss, lr=lr, norm=norm, dt_ms=dt * 1000,
-                          tokens_per_sec=tokens_per_sec, mfu=mfu, elapsed_s=round(elapsed, 3), eta_s=eta_s,
-                          max_steps=args.max_steps)
-            log_wandb(wandb_run, step, {"train/loss": train_loss, "train/lr": lr, "train/norm": norm,
-                                        "train/dt_ms": dt * 1000, "train/tokens_per_sec": tokens_per_sec,
-                                        "train/mfu": mfu, "train/skipped": int(bad)})
-        if args.max_bad_steps and bad_streak >= args.max_bad_steps:
+            run_log.log(step, "train", loss=train_loss, lr=lr, norm=norm, dt_ms=dt * 1000,
+                        tokens_per_sec=tokens_per_sec, mfu=mfu, elapsed_s=round(elapsed, 3), eta_s=eta,
+                        max_steps=max_steps, skipped=skipped, bad_steps=state.bad_steps)
+        if args.max_bad_steps and state.bad_steps >= args.max_bad_steps:
             kept = find_checkpoints(args.log_dir)[-1:] or [(0, "none")]
-            raise Diverged(f"{bad_streak} steps in a row, up to step {step}, had a non-finite or spiking loss: "
+            raise Diverged(f"{state.bad_steps} steps in a row, up to step {step}, had a non-finite or spiking loss: "
                            f"stopping. Their updates were skipped; the last checkpoint is {kept[0][1]}. Resume from it "
                            f"with a lower --max-lr, or check the data")
         if stop_votes:
-            write_checkpoint(step + 1, None, evals_done=False)
-            signum = signals_received[0] if signals_received else signal.SIGTERM
+            prefetched_rows = 0 if batch is None else B * world_size
+            snapshot = dataclasses.replace(state, step=step + 1, evals_done=False, elapsed_s=elapsed)
+            write_checkpoint(args.log_dir, snapshot, None, raw_model, optimizer, strategy, scaler, config,
+                             loader_state(train_loader, prefetched_rows), run_flags, device_type,
+                             args.keep_checkpoints, hooks["checkpoint_sleep"])
+            signum = stop_signals.received[0] if stop_signals.received else signal.SIGTERM
             if master:
                 print(f"stopping on {signal.Signals(signum).name} after step {step}: resume with the same command",
                       file=sys.stderr)
