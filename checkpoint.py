@@ -225,8 +225,11 @@ HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", 
 
 
 def download_hf_model(name):
-    if name not in PRESETS:
-        raise ValueError(f"'{name}' is neither a local directory nor one of {', '.join(PRESETS)}")
+    """config.json and model.safetensors of OpenAI's GPT-2 (a preset name) or of a hub repo OWNER/NAME (what
+    export_hf.py --push-to-hub makes), through the local Hugging Face cache; HF_ENDPOINT picks the hub."""
+    if name not in PRESETS and not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise ValueError(f"'{name}' is neither a local directory, one of {', '.join(PRESETS)}, nor a Hugging Face "
+                         f"repo OWNER/NAME")
     try:
         from huggingface_hub import snapshot_download
         return snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])
