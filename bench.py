@@ -6,6 +6,7 @@ Training throughput and MFU of GPT-2, measured on random tokens with train_gpt2.
     python bench.py --compare                       # eager/compiled, fused/foreach AdamW, flash/explicit attention
     python bench.py --profile                       # and then the top kernels from torch.profiler
     python bench.py --memory --model gpt2-xl --world-size 8 --gpu-mem 24   # what fits, before renting (memory.py)
+    python bench.py --plan --gpu a100-80gb --gpus 8 --tokens 10e9 --price 2  # hours and dollars, before renting
 
 The whole GPU path in one command is a developer tool: python -m dev.bench_suite (it imports bench.py, not the
 other way round).
@@ -52,6 +53,37 @@ GRAD_CLIP = 1.0
 CHOICES = dict(model=[*PRESETS, "tiny"], arch=list(ARCHS), dtype=list(DTYPES),
                compile_mode=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
 
+# --plan's GPUs: a friendly name -> hardware.PEAK_FLOPS's name for it (what device_key makes of the name
+# torch.cuda.get_device_name reports: the peak, and the rows of docs/speed.md's measured table that apply), the memory
+# per GPU from the datasheet named, and the dtype train_gpt2.py's --dtype auto picks there (fp16 below compute
+# capability 8.0). Datasheet GB are binary here (an A100 80GB shows 81920 MiB); a T4 with ECC on shows 15360 of its
+# 16384 MiB, which memory.usable_bytes' 1 GiB reserve and 10% slack cover.
+GPU_TYPES = {
+    "a100-80gb": dict(name="A100 SXM4", memory_gb=80, dtype="bf16"),  # A100 datasheet: 80GB HBM2e
+    "a100-40gb": dict(name="A100 SXM4", memory_gb=40, dtype="bf16"),  # A100 datasheet: 40GB HBM2
+    "h100": dict(name="H100", memory_gb=80, dtype="bf16"),  # H100 datasheet, SXM: 80GB ("NVIDIA H100 80GB HBM3")
+    "h100-sxm": dict(name="H100", memory_gb=80, dtype="bf16"),
+    "h100-pcie": dict(name="H100 PCIE", memory_gb=80, dtype="bf16"),  # H100 datasheet, PCIe: 80GB
+    "h200": dict(name="H200", memory_gb=141, dtype="bf16"),  # H200 datasheet, SXM: 141GB HBM3e
+    "l40s": dict(name="L40S", memory_gb=48, dtype="bf16"),  # L40S datasheet: 48GB GDDR6
+    "l4": dict(name="L4", memory_gb=24, dtype="bf16"),  # L4 datasheet: 24GB GDDR6
+    "rtx-3090": dict(name="RTX 3090", memory_gb=24, dtype="bf16"),  # GA102 whitepaper: 24 GB GDDR6X
+    "rtx-4090": dict(name="RTX 4090", memory_gb=24, dtype="bf16"),  # Ada (AD102) whitepaper: 24 GB GDDR6X
+    "v100": dict(name="V100 SXM2", memory_gb=16, dtype="fp16"),  # V100 datasheet: 16 or 32 GB HBM2
+    "v100-32gb": dict(name="V100 SXM2", memory_gb=32, dtype="fp16"),
+    "t4": dict(name="T4", memory_gb=16, dtype="fp16"),  # T4 datasheet: 16 GB GDDR6
+}
+# GeForce cards accumulate in fp32 at half the rate they accumulate in fp16, and bf16 has only fp32 accumulation;
+# training accumulates in fp32, so hardware.PEAK_FLOPS holds the halved figure. The fp16-accumulate dense peaks,
+# said next to it: NVIDIA Ampere GA102 GPU Architecture whitepaper (RTX 3090: 142 fp16-accumulate, 71 fp32) and
+# NVIDIA Ada GPU Architecture whitepaper (RTX 4090: 330.3 fp16-accumulate, 165.2 fp32), TFLOP/s without sparsity.
+FP16_ACCUMULATE_PEAK = {"rtx-3090": (142e12, "GA102 whitepaper"), "rtx-4090": (330.3e12, "Ada whitepaper")}
+# No GPU has run this repository yet, so the default MFU is llm.c's: GPT-2 124M trained at about 38-40% MFU on
+# 8xH100 (its reported ~468k tokens/s per GPU). Always printed with a warning that it is an assumption.
+DEFAULT_MFU = 0.40
+DEFAULT_MFU_SOURCE = "assumed: llm.c's reported ~38-40% for GPT-2 124M on 8xH100, not measured on this repository"
+SPEED_DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "speed.md")
+
 
 class BenchError(Exception):
     """A problem the user can act on, printed as one line `error: ...` (exit code 2)."""
@@ -81,7 +113,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, help=f"sequences per micro-step {per_device('batch_size')}")
     parser.add_argument("--seq-len", type=int, help=f"tokens per sequence {per_device('seq_len')}")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
-    parser.add_argument("--steps", type=int, help=f"timed steps {per_device('steps')}")
+    parser.add_argument("--steps", type=int, help=f"timed steps {per_device('steps')}; with --plan: optimizer "
+                                                      "steps of --total-batch-size tokens")
     parser.add_argument("--warmup", type=int, help=f"untimed steps first, compile included {per_device('warmup')}")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help=f"torch.compile the model "
                                                                                  f"{per_device('compile')}")
@@ -110,12 +143,27 @@ def parse_args(argv=None):
                         "largest micro-batch that fits --gpu-mem, and a verdict (default model gpt2, B=1, T=1024)")
     parser.add_argument("--world-size", type=int, default=8, help="with --memory: GPUs the states are sharded over")
     parser.add_argument("--gpu-mem", type=float, default=24.0, help="with --memory: GiB of memory per GPU")
+    parser.add_argument("--plan", action="store_true", help="print time and money of a training run before renting: "
+                        "what fits --gpu, the hours at an MFU, the dollars at --price (arithmetic, not measured)")
+    parser.add_argument("--tokens", type=float, help="with --plan: tokens to train on, e.g. 10e9 (or give --steps)")
+    parser.add_argument("--total-batch-size", type=int, default=524288, help="with --plan: tokens per optimizer "
+                                                                             "step, as train_gpt2.py's flag")
+    parser.add_argument("--gpu", help=f"with --plan: GPU type, one of {', '.join(GPU_TYPES)}")
+    parser.add_argument("--gpus", type=int, default=1, help="with --plan: number of GPUs")
+    parser.add_argument("--price", type=float, help="with --plan: USD per GPU-hour, for the cost")
+    parser.add_argument("--mfu", type=float, help="with --plan: model FLOPs utilization to assume, 0-1 (default: "
+                        f"measured in docs/speed.md for that GPU, else {DEFAULT_MFU})")
     parser.add_argument("--seed", type=int, default=1337, help="seed for the weights and the random tokens")
     return parser.parse_args(argv)
 
 
 def resolve_args(args):
     """Fill the per-device defaults and reject what cannot run, with a sentence a user can act on."""
+    if args.plan:  # arithmetic only: no device involved
+        return resolve_plan_args(args)
+    plan_only = [flag for flag in ("gpu", "tokens", "price", "mfu") if getattr(args, flag) is not None]
+    if plan_only:
+        raise ValueError(f"--{plan_only[0]} goes with --plan: add --plan, or drop it")
     if args.memory:  # arithmetic only: no device involved
         for key, value in dict(model="gpt2", batch_size=1, seq_len=1024, dtype="bf16").items():
             setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
@@ -608,8 +656,236 @@ def run_memory_model(args):
           "backward, the logits' fp32 copy and gradient at the peak, one recomputed block with checkpointing)")
 
 
+# -----------------------------------------------------------------------------
+# --plan: time and money of a run before renting, from the memory model, model.flops_per_token and an MFU
+
+
+def resolve_plan_args(args):
+    """Check --plan's flags and fill its defaults: the model (gpt2), T (1024), the GPU type, the tokens."""
+    if args.memory:
+        raise ValueError("--plan and --memory are two reports: pass one of them")
+    if args.batch_size is not None:
+        raise ValueError("--plan picks the micro-batch from the memory model: drop --batch-size")
+    if args.gpu is None:
+        raise ValueError(f"--plan needs --gpu, one of {', '.join(GPU_TYPES)}")
+    if args.gpu.lower() not in GPU_TYPES:
+        raise ValueError(f"--gpu {args.gpu} is not known: use one of {', '.join(GPU_TYPES)}")
+    args.gpu = args.gpu.lower()
+    if (args.tokens is None) == (args.steps is None):
+        raise ValueError("--plan needs --tokens (e.g. 10e9) or --steps, one of them")
+    if args.gpus < 1 or args.total_batch_size < 1 or (args.steps is not None and args.steps < 1):
+        raise ValueError("--gpus, --total-batch-size and --steps must be at least 1")
+    if args.tokens is not None and args.tokens <= 0:
+        raise ValueError(f"--tokens must be positive, got {args.tokens:g}")
+    if args.mfu is not None and not 0 < args.mfu <= 1:
+        raise ValueError(f"--mfu is a fraction of the peak, between 0 and 1: got {args.mfu:g}")
+    if args.price is not None and args.price < 0:
+        raise ValueError(f"--price must be 0 or more, got {args.price:g}")
+    args.model = args.model or "gpt2"
+    if args.model == "tiny":
+        raise ValueError("--plan is for GPT-2 sizes: use --model gpt2, gpt2-medium, gpt2-large or gpt2-xl")
+    args.seq_len = args.seq_len or 1024
+    args.dtype = args.dtype or GPU_TYPES[args.gpu]["dtype"]
+    args.config = build_config(args)
+    tokens_per_rank_row = args.seq_len * args.gpus
+    if args.total_batch_size % tokens_per_rank_row:
+        raise ValueError(f"--total-batch-size {args.total_batch_size} is not a multiple of seq-len x gpus = "
+                         f"{args.seq_len} x {args.gpus}, as train_gpt2.py needs")
+    return args
+
+
+@dataclasses.dataclass
+class Fit:
+    """The simplest way the memory model says a step fits: strategy, checkpointing, micro-batch, accumulation."""
+    strategy: str  # memory.STRATEGIES: ddp, zero, fsdp
+    activation_checkpointing: bool
+    batch_size: int  # B: a divisor of the rows per rank, so the total batch stays the flag's
+    largest: int  # the memory model's largest B, before rounding down to a divisor
+    grad_accum: int
+
+
+def strategies_to_try(gpus, dtype):
+    """DDP, then ZeRO-1, then FSDP2, each without then with activation checkpointing; one GPU has nothing to
+    shard, and memory.pick_strategy refuses FSDP2 in fp16."""
+    tried = []
+    for strategy in memory.STRATEGIES:
+        try:
+            picked = memory.pick_strategy(strategy == "fsdp", strategy == "zero", dtype, gpus)
+        except ValueError:
+            continue
+        if picked != strategy:
+            continue
+        tried += [(strategy, False), (strategy, True)]
+    return tried
+
+
+def fit_step(config, gpus, seq_len, total_batch_size, gpu_bytes, dtype):
+    """The first of strategies_to_try where a micro-batch of at least 1 row fits, as a Fit; None when none does."""
+    rows_per_rank = total_batch_size // (seq_len * gpus)
+    for strategy, checkpointing in strategies_to_try(gpus, dtype):
+        largest = memory.largest_micro_batch(config, strategy, gpus, seq_len, gpu_bytes, dtype, checkpointing)
+        if largest == 0:
+            continue
+        batch_size = memory.divisors_descending(rows_per_rank, largest)[0]
+        return Fit(strategy, checkpointing, batch_size, largest, rows_per_rank // batch_size)
+    return None
+
+
+def measured_mfu(gpu_name, path=None):
+    """(MFU, the row's device and date) from docs/speed.md's "Measured throughput" table, the last row whose device
+    is this GPU (by hardware.device_key) and has an MFU; None when there is none."""
+    path = path or SPEED_DOC
+    if not os.path.exists(path):
+        return None
+    lines = open(path).read().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("### Measured throughput")]
+    if not starts:
+        return None
+    found = None
+    for line in lines[starts[0] + 1:]:
+        if line.startswith("#"):
+            break
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) < 7 or hardware.device_key(cells[0]) != gpu_name:
+            continue
+        mfu_text = cells[6].rstrip("%")
+        try:
+            found = (float(mfu_text) / 100, f"{cells[0]}, {cells[1]}")
+        except ValueError:
+            continue
+    return found
+
+
+def pick_mfu(args, gpu_name):
+    """(MFU, its source, whether it is an assumption): --mfu, else a measured one, else DEFAULT_MFU."""
+    if args.mfu is not None:
+        return args.mfu, "given (--mfu)", False
+    measured = measured_mfu(gpu_name)
+    if measured is not None:
+        mfu, row = measured
+        return mfu, f"measured on this repository (docs/speed.md: {row}; GPT-2 124M, T=1024, one GPU)", False
+    return DEFAULT_MFU, DEFAULT_MFU_SOURCE, True
+
+
+def training_hours(tokens, flops_per_tok, gpus, peak, mfu):
+    return tokens * flops_per_tok / (gpus * peak * mfu) / 3600
+
+
+@dataclasses.dataclass
+class Plan:
+    """What --plan prints: the run, the GPU, what fits, the time and the cost."""
+    args: argparse.Namespace
+    gpu_name: str  # hardware.PEAK_FLOPS's name
+    peak: float  # FLOP/s per GPU
+    gpu_bytes: int
+    tokens: float
+    steps: int
+    flops_per_tok: int
+    fit: Fit  # None: nothing fits
+    mfu: float
+    mfu_source: str
+    mfu_assumed: bool
+    hours: float
+    dollars: float  # None without --price
+
+
+def plan_run(args):
+    gpu = GPU_TYPES[args.gpu]
+    peak = hardware.PEAK_FLOPS[gpu["name"]]
+    gpu_bytes = gpu["memory_gb"] * 2**30
+    tokens = args.tokens if args.steps is None else args.steps * args.total_batch_size
+    steps = math.ceil(tokens / args.total_batch_size)
+    flops_per_tok = flops_per_token(args.config, args.seq_len)
+    fit = fit_step(args.config, args.gpus, args.seq_len, args.total_batch_size, gpu_bytes, args.dtype)
+    mfu, mfu_source, mfu_assumed = pick_mfu(args, gpu["name"])
+    hours = training_hours(tokens, flops_per_tok, args.gpus, peak, mfu)
+    dollars = None if args.price is None else hours * args.gpus * args.price
+    return Plan(args, gpu["name"], peak, gpu_bytes, tokens, steps, flops_per_tok, fit, mfu, mfu_source, mfu_assumed,
+                hours, dollars)
+
+
+def describe_fit(plan):
+    fit, args = plan.fit, plan.args
+    if fit is None:
+        strategy, _ = strategies_to_try(args.gpus, args.dtype)[-1]
+        return (f"nothing fits: not even {memory.strategy_name(strategy)} with activation checkpointing at B=1 "
+                f"({gib(memory.usable_bytes(plan.gpu_bytes))} GiB usable per GPU): use more or larger GPUs")
+    strategy = "one GPU, no sharding" if args.gpus == 1 else memory.strategy_name(fit.strategy)
+    checkpointing = "with" if fit.activation_checkpointing else "without"
+    return (f"{strategy}, {checkpointing} activation checkpointing: B={fit.batch_size} (memory model's largest "
+            f"{fit.largest}) x grad accum {fit.grad_accum}")
+
+
+def train_command(plan):
+    """The train_gpt2.py command the plan describes."""
+    args, fit = plan.args, plan.fit
+    launcher = "python" if args.gpus == 1 else f"torchrun --standalone --nproc_per_node={args.gpus}"
+    flags = [f"--model {args.model}"]
+    if args.arch != "gpt2":
+        flags.append(f"--arch {args.arch}")
+    flags += [f"--batch-size {fit.batch_size}", f"--total-batch-size {args.total_batch_size}",
+              f"--max-steps {plan.steps}"]
+    if args.seq_len != 1024:
+        flags.append(f"--seq-len {args.seq_len}")
+    if fit.strategy == "zero":
+        flags.append("--shard-optimizer")
+    if fit.strategy == "fsdp":
+        flags.append("--fsdp")
+    if fit.activation_checkpointing:
+        flags.append("--activation-checkpointing")
+    return f"{launcher} train_gpt2.py {' '.join(flags)}"
+
+
+def describe_peak(plan):
+    peak = f"{plan.peak / 1e12:g} TFLOP/s dense {plan.args.dtype} per GPU (hardware.PEAK_FLOPS[{plan.gpu_name!r}])"
+    if plan.args.gpu not in FP16_ACCUMULATE_PEAK:
+        return peak
+    fp16_accumulate, source = FP16_ACCUMULATE_PEAK[plan.args.gpu]
+    return (f"{peak}: the fp32-accumulate rate, half of the {fp16_accumulate / 1e12:g} with fp16 accumulation "
+            f"({source}); training accumulates in fp32")
+
+
+def plan_rows(plan):
+    """(item, value) rows of the plan's table."""
+    args = plan.args
+    n_params = memory.parameter_counts(args.config)[0]
+    rows = [("model", f"{args.model}, arch {args.arch}: {n_params:,} parameters, T={args.seq_len}"),
+            ("tokens", f"{plan.tokens:,.0f} = {plan.steps:,} steps of {args.total_batch_size:,} tokens"),
+            ("GPUs", f"{args.gpus} x {args.gpu} ({plan.gpu_bytes / 2**30:g} GiB each, datasheet)"),
+            ("peak", describe_peak(plan)),
+            ("fits", describe_fit(plan))]
+    if plan.fit is not None:
+        rows.append(("command", train_command(plan)))
+    rows += [("FLOPs/token", f"{plan.flops_per_tok:,} (6*N + 6*n_layer*n_embd*T, model.flops_per_token)"),
+             ("MFU", f"{plan.mfu:.2f} ({plan.mfu_source})"),
+             ("time", f"{plan.hours:,.2f} hours = tokens x FLOPs/token / ({args.gpus} x peak x MFU)"),
+             ("GPU-hours", f"{plan.hours * args.gpus:,.1f}")]
+    if plan.dollars is None:
+        rows.append(("cost", "give --price, USD per GPU-hour"))
+    else:
+        rows.append(("cost", f"${plan.dollars:,.2f} at ${args.price:g} per GPU-hour"))
+    return rows
+
+
+def print_plan(plan):
+    print("plan: computed from the memory model, model.flops_per_token and an MFU; nothing here is measured")
+    print("| item | value |")
+    print("|---|---|")
+    for item, value in plan_rows(plan):
+        print(f"| {item} | {value} |")
+    if plan.mfu_assumed:
+        print(f"warning: MFU {plan.mfu:.2f} is an assumption, not a measurement: no GPU of this type has a row in "
+              f"docs/speed.md's measured table; the time and cost scale with 1/MFU (--mfu to set it)")
+    if plan.fit is not None and plan.fit.activation_checkpointing:
+        print("warning: activation checkpointing recomputes each block's forward, about a third more FLOPs than "
+              "counted here, so expect a lower MFU and up to ~1.3x the time")
+
+
 def main(argv=None):
     args = resolve_args(parse_args(argv))
+    if args.plan:
+        print_plan(plan_run(args))
+        return
     if args.memory:
         run_memory_model(args)
         return

@@ -13,6 +13,8 @@ import torch
 from torch.nn import functional as F
 
 import bench
+import hardware
+import memory
 from model import GPT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -329,3 +331,135 @@ def test_arch_sets_the_model_and_its_flops():
     assert result.returncode == 0, result.stderr
     assert "arch modern (relu2 MLP of width 128)" in result.stdout
     assert f"flops/token: {flops_per_token(tiny_args('--arch', 'modern').config, 16):.4g} " in result.stdout
+
+
+# -----------------------------------------------------------------------------
+# --plan: time and money before renting, arithmetic only
+
+
+def plan_of(*flags):
+    return bench.plan_run(bench.resolve_args(bench.parse_args(["--plan", *flags])))
+
+
+def test_plan_hours_and_cost_are_the_hand_computed_ones():
+    plan = plan_of("--gpu", "a100-80gb", "--gpus", "8", "--tokens", "10e9", "--mfu", "0.4", "--price", "2.5")
+    # GPT-2 124M at T=1024 with the padded vocabulary, by hand: matmul weights 4*768*(12*768) + 12*2*768*3072 +
+    # 50304*768 = 123,568,128, times 6, plus attention 6*12*768*1024
+    flops_per_token = 6 * 123_568_128 + 6 * 12 * 768 * 1024
+    assert flops_per_token == 798_031_872 == plan.flops_per_tok
+    assert plan.peak == 312e12
+    hours = 10e9 * 798_031_872 / (8 * 312e12 * 0.4) / 3600
+    assert plan.hours == pytest.approx(hours, rel=1e-12)
+    assert plan.hours == pytest.approx(2.2203, abs=1e-4)  # 7.98e18 FLOPs at 9.984e14 FLOP/s: 7993 s
+    assert plan.dollars == pytest.approx(hours * 8 * 2.5, rel=1e-12)
+    assert (plan.mfu, plan.mfu_source, plan.mfu_assumed) == (0.4, "given (--mfu)", False)
+    assert plan.steps == 19074  # 10e9 / 524,288 = 19073.5, rounded up
+
+
+def test_plan_from_steps_uses_the_total_batch_size():
+    plan = plan_of("--gpu", "h100", "--steps", "1000", "--total-batch-size", "262144", "--mfu", "0.5")
+    assert plan.tokens == 1000 * 262144
+    assert plan.hours == pytest.approx(1000 * 262144 * 798_031_872 / (1 * 989e12 * 0.5) / 3600, rel=1e-12)
+    assert plan.dollars is None
+
+
+def test_plan_fits_gpt2_on_ddp_and_reaches_the_total_batch():
+    plan = plan_of("--gpu", "rtx-3090", "--gpus", "4", "--tokens", "10e9")
+    fit = plan.fit
+    assert (fit.strategy, fit.activation_checkpointing) == ("ddp", False)
+    assert 1 <= fit.batch_size <= fit.largest
+    assert fit.batch_size * fit.grad_accum * 1024 * 4 == 524288  # train_gpt2.py's total batch, exactly
+
+
+def test_plan_shards_gpt2_xl_on_24_gib_cards():
+    # the memory model says DDP cannot hold GPT-2 XL's states on 24 GiB at any micro-batch (docs/speed.md's table)
+    config = bench.resolve_args(bench.parse_args(["--plan", "--gpu", "rtx-4090", "--gpus", "8", "--model", "gpt2-xl",
+                                                  "--steps", "10"])).config
+    for checkpointing in (False, True):
+        assert memory.largest_micro_batch(config, "ddp", 8, 1024, 24 * 2**30, "bf16", checkpointing) == 0
+    fit = plan_of("--gpu", "rtx-4090", "--gpus", "8", "--model", "gpt2-xl", "--steps", "10").fit
+    assert fit.strategy in ("zero", "fsdp")
+    assert fit.batch_size * fit.grad_accum * 1024 * 8 == 524288
+    one_card = plan_of("--gpu", "rtx-4090", "--model", "gpt2-xl", "--steps", "10")
+    assert one_card.fit is None  # one GPU has nothing to shard over
+    assert bench.describe_fit(one_card).startswith("nothing fits: not even DDP with activation checkpointing")
+
+
+def test_plan_command_names_the_strategy(capsys):
+    bench.main(["--plan", "--gpu", "rtx-4090", "--gpus", "8", "--model", "gpt2-xl", "--steps", "10"])
+    out = capsys.readouterr().out
+    command = re.search(r"^\| command \| (.*) \|$", out, re.M).group(1)
+    assert command.startswith("torchrun --standalone --nproc_per_node=8 train_gpt2.py --model gpt2-xl --batch-size ")
+    assert "--shard-optimizer" in command or "--fsdp" in command
+
+
+def test_fp16_gpus_never_plan_fsdp():
+    # memory.pick_strategy refuses FSDP2 with fp16, which V100 and T4 train in
+    assert bench.GPU_TYPES["t4"]["dtype"] == "fp16"
+    assert [s for s, _ in bench.strategies_to_try(8, "fp16")] == ["ddp", "ddp", "zero", "zero"]
+    assert [s for s, _ in bench.strategies_to_try(1, "bf16")] == ["ddp", "ddp"]
+
+
+def test_every_gpu_type_has_a_peak_in_hardware():
+    for gpu in bench.GPU_TYPES.values():
+        assert gpu["name"] in hardware.PEAK_FLOPS
+    # GeForce: the peak used is the fp32-accumulate one, half the fp16-accumulate rate named beside it
+    for name, (fp16_accumulate, _) in bench.FP16_ACCUMULATE_PEAK.items():
+        assert hardware.PEAK_FLOPS[bench.GPU_TYPES[name]["name"]] == pytest.approx(fp16_accumulate / 2, rel=1e-3)
+    plan = plan_of("--gpu", "RTX-3090", "--tokens", "1e9")
+    assert plan.peak == 71e12
+    assert "71 TFLOP/s dense bf16 per GPU" in bench.describe_peak(plan)
+    assert "half of the 142 with fp16 accumulation" in bench.describe_peak(plan)
+
+
+def test_plan_warns_that_the_default_mfu_is_assumed(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "SPEED_DOC", str(tmp_path / "missing.md"))
+    bench.main(["--plan", "--gpu", "h100", "--tokens", "10e9"])
+    out = capsys.readouterr().out
+    assert re.search(r"^\| MFU \| 0\.40 \(assumed: llm\.c's", out, re.M)
+    assert re.search(r"^warning: MFU 0\.40 is an assumption, not a measurement", out, re.M)
+    assert "nothing here is measured" in out
+    bench.main(["--plan", "--gpu", "h100", "--tokens", "10e9", "--mfu", "0.5"])
+    out = capsys.readouterr().out
+    assert "| MFU | 0.50 (given (--mfu)) |" in out and "warning: MFU" not in out
+
+
+def test_plan_takes_a_measured_mfu_from_speed_md(monkeypatch, tmp_path):
+    doc = tmp_path / "speed.md"
+    doc.write_text("### Measured throughput: GPT-2 124M, T=1024, bf16, one GPU\n\n"
+                   "| device | date | torch | config | tokens/s | ms/step | MFU | peak memory |\n"
+                   "|---|---|---|---|---|---|---|---|\n"
+                   "| NVIDIA H100 80GB HBM3 | 2026-12-05 | 2.13 | B=64 | 500,000 | 1048 | 50.6% | 60 GiB |\n"
+                   "| NVIDIA A100-SXM4-80GB | 2026-12-05 | 2.13 | B=64 | 150,000 | 3495 | not known | 60 GiB |\n\n"
+                   "### Next section\n| NVIDIA H100 80GB HBM3 | x | x | x | x | x | 99% | x |\n")
+    monkeypatch.setattr(bench, "SPEED_DOC", str(doc))
+    plan = plan_of("--gpu", "h100-sxm", "--tokens", "10e9")
+    assert plan.mfu == pytest.approx(0.506) and not plan.mfu_assumed
+    assert plan.mfu_source.startswith("measured on this repository (docs/speed.md: NVIDIA H100 80GB HBM3, 2026-12-05")
+    assert plan_of("--gpu", "a100-80gb", "--tokens", "10e9").mfu_assumed  # a row without an MFU is no measurement
+    assert plan_of("--gpu", "h100-pcie", "--tokens", "10e9").mfu_assumed  # another GPU's row does not apply
+
+
+def test_plan_unknown_gpu_is_one_line_error():
+    result = run_bench("--plan", "--gpu", "a100", "--tokens", "10e9")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: --gpu a100 is not known: use one of {', '.join(bench.GPU_TYPES)}"
+    assert "a100-80gb" in result.stderr and "rtx-3090" in result.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tokens", "1e9"], "--plan needs --gpu"),
+    (["--gpu", "h100"], "--plan needs --tokens (e.g. 10e9) or --steps"),
+    (["--gpu", "h100", "--tokens", "1e9", "--steps", "5"], "--plan needs --tokens (e.g. 10e9) or --steps"),
+    (["--gpu", "h100", "--tokens", "1e9", "--mfu", "1.5"], "--mfu is a fraction of the peak"),
+    (["--gpu", "h100", "--tokens", "1e9", "--batch-size", "8"], "drop --batch-size"),
+    (["--gpu", "h100", "--tokens", "1e9", "--gpus", "3"], "is not a multiple of seq-len x gpus"),
+])
+def test_plan_bad_input_messages(flags, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        bench.resolve_args(bench.parse_args(["--plan", *flags]))
+
+
+def test_plan_flags_without_plan_are_an_error():
+    with pytest.raises(ValueError, match=re.escape("--gpu goes with --plan")):
+        tiny_args("--gpu", "h100")
