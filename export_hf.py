@@ -14,12 +14,21 @@ layout: Conv1D matrices transposed, the token embedding cropped from the padded 
 A llama export has LlamaForCausalLM's names instead: c_attn split into q/k/v_proj, c_fc into gate/up_proj, no
 transposes (RoPE's rotate-half layout is Hugging Face's), and lm_head written only when the head is untied.
 It round-trips: model.GPT.from_pretrained('gpt2-ours') loads either back.
+
+--push-to-hub OWNER/NAME then shares it: the directory gets a model card (README.md: metadata, the architecture,
+the training command, tokens, val loss and HellaSwag from the run's logs) and the loss plot (loss.png), and is
+uploaded as one commit to the Hugging Face repo OWNER/NAME, created if needed. The token is HF_TOKEN's or the
+one `hf auth login` saved; huggingface_hub finds it.
+
+    python export_hf.py log/ gpt2-ours/ --push-to-hub me/gpt2-ours     # then: python sample.py -m me/gpt2-ours
 """
 
 import argparse
 import dataclasses
 import json
 import os
+import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -27,6 +36,8 @@ import tempfile
 import torch
 from safetensors.torch import save_file
 
+import plot_log
+import train_gpt2  # its parser's defaults turn a checkpoint's recorded flags back into a command line
 from checkpoint import (HF_TRANSPOSED, LLAMA_BLOCK_NAMES, load_checkpoint, model_from_checkpoint,
                         resolve_checkpoint_path)
 from fineweb import read_gpt2_bpe_files
@@ -187,6 +198,188 @@ def write_tokenizer(directory, model_max_length):
 
 
 # -----------------------------------------------------------------------------
+# the model card (--push-to-hub): what the run beside the checkpoint recorded, up to the checkpoint's step
+
+
+def read_records(run_dir, kind):
+    """The records of one kind in the metrics.jsonl beside a checkpoint, oldest first ([] without the file)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line still being written
+            if isinstance(record, dict) and record.get("kind") == kind:
+                records.append(record)
+    return records
+
+
+def last_record(records, step):
+    """The last record at or before `step` (after a resume the last one logged for a step wins), or None."""
+    found = [record for record in records if step is None or record.get("step", 0) <= step]
+    return found[-1] if found else None
+
+
+def training_command(args):
+    """A checkpoint's `args` (the flags its run resolved) -> the train_gpt2.py command that trains it again: the
+    flags that differ from train_gpt2.py's defaults (--demo's, for a demo run). Also returns the recorded flags
+    today's train_gpt2.py no longer takes, which the command cannot say."""
+    base = ["--demo"] if args.get("demo") else []
+    defaults = vars(train_gpt2.parse_args(base))
+    words, unknown = ["python", "train_gpt2.py", *base], []
+    for name, value in args.items():
+        if name not in defaults:
+            unknown.append(name)
+            continue
+        if name == "demo" or value is None or value == defaults[name]:
+            continue
+        flag = name.replace("_", "-")
+        if value is True:
+            words.append(f"--{flag}")
+        elif value is False:
+            words.append(f"--no-{flag}")  # only the BooleanOptional flags (default None) can differ by being False
+        else:
+            words += [f"--{flag}", str(value)]
+    return shlex.join(words), unknown
+
+
+def describe_architecture(config, arch):
+    """One sentence: the Hugging Face class and the sizes."""
+    sizes = (f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd}-dimensional embeddings, a "
+             f"{config.block_size}-token context and GPT-2's tokenizer ({GPT2_VOCAB_SIZE} tokens)")
+    if arch == "gpt2":
+        return f"GPT-2 (`GPT2LMHeadModel`): {sizes}; the LM head is tied to the token embedding."
+    head = "tied to the token embedding" if config.tie_head else "separate from the token embedding"
+    return (f"Llama (`LlamaForCausalLM`): {sizes}; RMSNorm, RoPE (base {config.rope_base:g}), a SwiGLU MLP of width "
+            f"{config.mlp_hidden}, no biases; the LM head is {head}.")
+
+
+def run_results(checkpoint_path, checkpoint):
+    """What the run beside a checkpoint logged up to its step: log.txt's streams, the val loss (step, loss), the
+    HellaSwag record (metrics.jsonl's, both conventions, else log.txt's acc_norm), and whether it trained on
+    FineWeb-Edu (decided as plot_log.py decides it, from metrics.jsonl's config record)."""
+    step = checkpoint.get("step")
+    run_dir = os.path.dirname(os.path.abspath(checkpoint_path))
+    log_path = os.path.join(run_dir, "log.txt")
+    streams = {}
+    if os.path.isfile(log_path):
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            streams = plot_log.parse_log(f)[0]
+        # an older checkpoint of a run that went on: its card shows the run up to the checkpoint only
+        streams = {name: {s: v for s, v in values.items() if step is None or s <= step}
+                   for name, values in streams.items()}
+    val = last_record([{"step": s, "loss": v} for s, v in streams.get("val", {}).items()], step)
+    if val is None and checkpoint.get("val_loss") is not None:
+        val = {"step": step, "loss": checkpoint["val_loss"]}
+    hellaswag = last_record(read_records(run_dir, "hellaswag"), step)
+    if hellaswag is None:
+        hellaswag = last_record([{"step": s, "acc_norm": v} for s, v in streams.get("hella", {}).items()], step)
+    metrics = plot_log.read_metrics(log_path)  # None without metrics.jsonl: then nothing says what the data was
+    fineweb_edu = metrics is not None and plot_log.trained_on_fineweb_edu(log_path, metrics)[0]
+    return dict(streams=streams, val=val, hellaswag=hellaswag, fineweb_edu=fineweb_edu, metrics=metrics)
+
+
+def write_loss_plot(path, label, results, tokens_per_step):
+    """plot_log.py's figure of the run, as loss.png; False when the log has nothing to draw."""
+    if not any(results["streams"].get(name) for name in plot_log.PLOTTED_STREAMS):
+        return False
+    fig = plot_log.make_figure([(label, results["streams"])], tokens_per_step=tokens_per_step,
+                               reference=results["fineweb_edu"])
+    plot_log.save_png(fig, path)
+    return True
+
+
+def card_metadata(repo_id, license, results, data_dir):
+    """The YAML block of README.md: what the hub shows beside the model and indexes it by."""
+    metadata = {"library_name": "transformers", "pipeline_tag": "text-generation", "license": license}
+    if results["fineweb_edu"]:
+        metadata["datasets"] = ["HuggingFaceFW/fineweb-edu"]
+    metadata["language"] = "en"
+    task = {"type": "text-generation", "name": "Text Generation"}
+    model_results = []
+    if results["val"]:
+        data = {"type": "HuggingFaceFW/fineweb-edu", "name": "FineWeb-Edu (val shard)"} if results["fineweb_edu"] \
+            else {"type": data_dir or "unknown", "name": f"{data_dir or 'the training data'} (val shard)"}
+        model_results.append({"task": task, "dataset": {**data, "split": "validation"},
+                              "metrics": [{"type": "loss", "value": round(results["val"]["loss"], 4),
+                                           "name": "val loss"}]})
+    if results["hellaswag"]:
+        scores = [{"type": "acc_norm", "value": round(results["hellaswag"]["acc_norm"], 4),
+                   "name": "acc_norm (completion-style)"}]
+        if "harness_acc_norm" in results["hellaswag"]:
+            scores.append({"type": "acc_norm", "value": round(results["hellaswag"]["harness_acc_norm"], 4),
+                           "name": "acc_norm (lm-eval-harness style)"})
+        model_results.append({"task": task, "dataset": {"type": "Rowan/hellaswag", "name": "HellaSwag",
+                                                        "split": "validation"}, "metrics": scores})
+    if model_results:
+        metadata["model-index"] = [{"name": repo_id.split("/")[1], "results": model_results}]
+    return metadata
+
+
+def model_card(repo_id, license, checkpoint, config, arch, n_params, results, has_plot):
+    """README.md for the hub repo: metadata, the model, how it was trained and how well, how to load it."""
+    import yaml  # huggingface_hub's dependency; only --push-to-hub writes a card
+    step, args = checkpoint.get("step"), checkpoint.get("args") or {}
+    lines = ["---", yaml.safe_dump(card_metadata(repo_id, license, results, args.get("data_dir")),
+                                   sort_keys=False).strip(), "---", "", f"# {repo_id.split('/')[1]}", "",
+             f"A {n_params:,}-parameter language model trained from scratch with this repository's "
+             f"`train_gpt2.py` and exported with `export_hf.py`.", "",
+             "## Model", "", describe_architecture(config, arch), "", "## Training", ""]
+    if args:
+        command, unknown = training_command(args)
+        lines += ["The command that trained it (flags at their defaults left out):", "", "```bash", command, "```"]
+        if unknown:
+            lines += ["", f"Recorded flags that today's train_gpt2.py does not take: {', '.join(unknown)}."]
+        data = "FineWeb-Edu (`HuggingFaceFW/fineweb-edu`)" if results["fineweb_edu"] else f"`{args.get('data_dir')}`"
+        lines += ["", f"Data: {data}."]
+    else:
+        lines += ["The training command was not recorded in the checkpoint."]
+    if step is not None and args.get("total_batch_size"):
+        tokens = step * args["total_batch_size"]
+        lines += ["", f"Tokens trained: {tokens:,} ({step:,} steps of {args['total_batch_size']:,} tokens)."]
+    elif step is not None:
+        lines += ["", f"Steps trained: {step:,} (tokens per step not recorded)."]
+    lines += ["", "## Results", ""]
+    val, hellaswag = results["val"], results["hellaswag"]
+    lines.append(f"- val loss: {val['loss']:.4f} (step {val['step']})" if val else "- val loss: not recorded")
+    if hellaswag and "acc" in hellaswag:
+        lines.append(f"- HellaSwag (step {hellaswag['step']}, {hellaswag.get('n', '?')} examples): completion-style "
+                     f"acc {hellaswag['acc']:.4f}, acc_norm {hellaswag['acc_norm']:.4f}; lm-eval-harness style "
+                     f"acc {hellaswag['harness_acc']:.4f}, acc_norm {hellaswag['harness_acc_norm']:.4f}")
+    elif hellaswag:
+        lines.append(f"- HellaSwag acc_norm (completion-style, step {hellaswag['step']}): {hellaswag['acc_norm']:.4f}")
+    else:
+        lines.append("- HellaSwag: not evaluated during training")
+    if has_plot:
+        lines += ["", "![training loss](loss.png)"]
+    auto_class = "AutoModelForCausalLM"
+    lines += ["", "## Use", "", "```python", f"from transformers import {auto_class}, AutoTokenizer",
+              f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")",
+              f"model = {auto_class}.from_pretrained(\"{repo_id}\")",
+              "ids = tokenizer(\"Hello, I'm a language model,\", return_tensors=\"pt\").input_ids",
+              "print(tokenizer.decode(model.generate(ids, max_new_tokens=30, do_sample=True, top_k=50)[0]))",
+              "```", "", "or, in the repository that trained it:", "", "```bash",
+              f"python sample.py -m {repo_id}", "```", ""]
+    return "\n".join(lines)
+
+
+def write_card(directory, repo_id, license, checkpoint_path, checkpoint, config, arch, n_params):
+    """README.md and loss.png into the export directory, so that it is exactly what the hub repo holds."""
+    results = run_results(checkpoint_path, checkpoint)
+    args = checkpoint.get("args") or {}
+    tokens_per_step = args.get("total_batch_size")
+    if tokens_per_step is None and results["metrics"]:
+        tokens_per_step = plot_log.tokens_per_step_of(results["metrics"][1])
+    has_plot = write_loss_plot(os.path.join(directory, "loss.png"), repo_id.split("/")[1], results, tokens_per_step)
+    with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as f:
+        f.write(model_card(repo_id, license, checkpoint, config, arch, n_params, results, has_plot))
+
+
+# -----------------------------------------------------------------------------
 # the directory
 
 
@@ -224,8 +417,9 @@ def move_into_place(tmp_dir, out_dir):
         os.replace(tmp_dir, out_dir)  # rename() may replace an empty directory
 
 
-def export(checkpoint_path, out_dir, dtype="float32", force=False):
-    """Write the Hugging Face directory for one of our checkpoints; returns the checkpoint dict's step (or None)."""
+def export(checkpoint_path, out_dir, dtype="float32", force=False, repo_id=None, license="mit"):
+    """Write the Hugging Face directory for one of our checkpoints; returns the checkpoint dict's step (or None).
+    repo_id: the hub repo it is for (--push-to-hub), which adds the model card and the loss plot."""
     check_out_dir(out_dir, force)
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint_path, checkpoint=checkpoint)  # checks the weights; peers' formats too
@@ -246,12 +440,88 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False):
         write_json(os.path.join(tmp_dir, "config.json"), config_json)
         write_json(os.path.join(tmp_dir, "generation_config.json"), {"bos_token_id": EOT, "eos_token_id": EOT})
         write_tokenizer(tmp_dir, config["block_size"])
+        if repo_id:
+            n_params = sum(tensor.numel() for tensor in hf_state.values())  # as exported: a tied head counts once
+            write_card(tmp_dir, repo_id, license, checkpoint_path, checkpoint, model.config, hf_class(model.config),
+                       n_params)
         make_readable(tmp_dir)
         move_into_place(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return checkpoint.get("step")
+
+
+# -----------------------------------------------------------------------------
+# --push-to-hub
+
+# what huggingface_hub raises when the hub cannot be reached: httpx's TransportError (huggingface_hub >= 1),
+# requests' ConnectionError and Timeout (older ones)
+NETWORK_ERRORS = {"TransportError", "ConnectionError", "Timeout"}
+
+
+def check_can_push(repo_id):
+    """Before exporting: the name's shape, huggingface_hub, and a token (HF_TOKEN or the saved login)."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise ValueError(f"--push-to-hub takes OWNER/NAME (your user name or an organization, then the repo's "
+                         f"name), got '{repo_id}'")
+    try:
+        from huggingface_hub import get_token
+    except ImportError:
+        raise RuntimeError("--push-to-hub needs huggingface_hub: pip install huggingface_hub") from None
+    if get_token() is None:
+        raise ValueError("--push-to-hub: no Hugging Face token: log in with `hf auth login`, or set HF_TOKEN to a "
+                         "token with write access (https://huggingface.co/settings/tokens)")
+
+
+def hub_problem(error, repo_id, endpoint):
+    """One sentence for what went wrong talking to the hub, or None for an error that is not the hub's."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    owner = repo_id.split("/")[0]
+    if status == 401:
+        return (f"the hub at {endpoint} refused the token (401 Unauthorized): log in again with `hf auth login`, "
+                f"or set HF_TOKEN to a token with write access")
+    if status == 403:
+        return (f"the token may not write to {repo_id} (403 Forbidden): {owner} is not its user or an organization "
+                f"it can write to; push to YOUR_NAME/{repo_id.split('/')[1]}, or use a token that can write there")
+    if status is not None:
+        return f"the hub at {endpoint} answered {status} for {repo_id}: {str(error).splitlines()[0]}"
+    if NETWORK_ERRORS & {cls.__name__ for cls in type(error).__mro__}:
+        return (f"cannot reach the Hugging Face hub at {endpoint} ({type(error).__name__}): check the network, "
+                f"or HF_ENDPOINT")
+    if isinstance(error, ValueError):  # ModelCard.validate: the hub refused the card's metadata
+        return f"the hub refused the model card's metadata: {' '.join(str(error).split())}"
+    return None
+
+
+def push(out_dir, repo_id, private=False, message="export_hf.py"):
+    """Upload out_dir to the hub repo repo_id, created if needed, as one commit; returns the repo's URL. A failure is
+    a RuntimeError whose sentence says what the hub now holds: the commit is all or nothing, and the card is checked
+    before a repo is created, so the only half-made state is a new repo that the upload then failed to fill."""
+    from huggingface_hub import HfApi, ModelCard
+    api = HfApi()
+    try:
+        ModelCard.load(os.path.join(out_dir, "README.md")).validate()
+        existed = api.repo_exists(repo_id)
+        url = api.create_repo(repo_id, exist_ok=True, private=private)
+    except Exception as e:
+        problem = hub_problem(e, repo_id, api.endpoint)
+        if problem is None:
+            raise
+        raise RuntimeError(f"{problem}; nothing was changed on the hub, and the export is in {out_dir}") from None
+    try:
+        api.upload_folder(repo_id=repo_id, folder_path=out_dir, commit_message=message)
+    except Exception as e:
+        problem = hub_problem(e, repo_id, api.endpoint)
+        if problem is None:
+            raise
+        state = f"{repo_id} is unchanged (the upload is one commit)" if existed else \
+            f"the repo {repo_id} was created but holds no files; delete it or push again"
+        raise RuntimeError(f"{problem}; {state}") from None
+    return str(url)
+
+
+# -----------------------------------------------------------------------------
 
 
 def main(argv=None):
@@ -262,10 +532,23 @@ def main(argv=None):
     parser.add_argument("out_dir", help="the Hugging Face directory to write")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of the saved weights")
     parser.add_argument("--force", action="store_true", help="replace out_dir if it exists and is not empty")
+    parser.add_argument("--push-to-hub", metavar="OWNER/NAME", default=None, help="then upload out_dir, with a "
+                        "model card (README.md) and the loss plot (loss.png), to this Hugging Face repo, created if "
+                        "needed; the token is HF_TOKEN's or `hf auth login`'s")
+    parser.add_argument("--private", action="store_true", help="--push-to-hub creates the repo private")
+    parser.add_argument("--license", default="mit", help="the model card's license (a Hugging Face license id)")
     args = parser.parse_args(argv)
+    if args.private and not args.push_to_hub:
+        raise ValueError("--private goes with --push-to-hub OWNER/NAME")
+    if args.push_to_hub:
+        check_can_push(args.push_to_hub)  # before the export's work, not after it
     checkpoint = resolve_checkpoint_path(args.checkpoint, flag="")  # positional here, not -c
-    step = export(checkpoint, args.out_dir, args.dtype, args.force)
+    step = export(checkpoint, args.out_dir, args.dtype, args.force, args.push_to_hub, args.license)
     print(f"wrote {args.out_dir} from {checkpoint}" + (f" (step {step})" if step is not None else ""))
+    if args.push_to_hub:
+        message = f"export_hf.py {os.path.basename(checkpoint)}" + (f" (step {step})" if step is not None else "")
+        url = push(args.out_dir, args.push_to_hub, args.private, message)
+        print(f"pushed {args.out_dir} to {url}")
 
 
 if __name__ == "__main__":

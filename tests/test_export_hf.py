@@ -233,3 +233,163 @@ def test_other_archs_are_refused_in_one_line(tmp_path, arch):
                                     "(LlamaForCausalLM) only; this model has ")
     assert ("norm_position=post" if arch == "postln" else "qk_norm=True") in result.stderr
     assert not os.path.exists(tmp_path / "hf")
+
+
+# -----------------------------------------------------------------------------
+# --push-to-hub, against tests/hub_standin.py: the hub is unreachable from tests, so a small server on 127.0.0.1
+# answers the endpoints huggingface_hub calls, and HF_ENDPOINT points the client at it
+
+TRAIN = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--batch-size", "4", "--seq-len", "32",
+         "--total-batch-size", "256", "--max-steps", "8", "--warmup-steps", "2", "--eval-every", "4",
+         "--val-tokens", "2048", "--checkpoint-every", "8", "--hellaswag-every", "0", "--sample-every", "0",
+         "--device", "cpu"]
+HELLASWAG = {"acc": 0.25, "acc_norm": 0.3, "harness_acc": 0.26, "harness_acc_norm": 0.31, "n": 10}
+
+
+def hub_env(endpoint, home, token="dummy"):
+    """The environment of a user whose hub is `endpoint`: HF_HOME is the test's own (no saved login, an empty
+    download cache), and HF_HUB_OFFLINE is unset so the client talks to the stand-in."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_ENDPOINT": endpoint, "HF_HOME": str(home)}
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_TOKEN_PATH"):
+        env.pop(name, None)
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def run_in(env, script, *args):
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny training run on shards in a folder named edu_fineweb10B (fineweb.py's default, which plot_log.py
+    counts as FineWeb-Edu), plus the HellaSwag record train_gpt2.py writes at step 8 (offline there is no
+    HellaSwag data to evaluate)."""
+    from test_train_gpt2 import write_shards
+    root = tmp_path_factory.mktemp("run")
+    data_dir, log_dir = write_shards(root / "edu_fineweb10B"), str(root / "log")
+    result = run_script("train_gpt2.py", "--data-dir", data_dir, "--log-dir", log_dir, *TRAIN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(log_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"step": 8, "kind": "hellaswag", **HELLASWAG}) + "\n")
+    with open(os.path.join(log_dir, "log.txt"), "a") as f:
+        f.write("8 hella 0.3000\n")
+    return log_dir
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    from hub_standin import HubStandIn
+    with HubStandIn(tmp_path_factory.mktemp("hub")) as hub:
+        yield hub
+
+
+@pytest.fixture(scope="module")
+def pushed(tiny_run, hub, tmp_path_factory):
+    """python export_hf.py log/ out/ --push-to-hub someone/tiny, as a user runs it."""
+    root = tmp_path_factory.mktemp("push")
+    env, out_dir = hub_env(hub.url, root / "hf_home"), str(root / "out")
+    result = run_in(env, "export_hf.py", tiny_run, out_dir, "--push-to-hub", "someone/tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == (f"wrote {out_dir} from {os.path.join(tiny_run, 'model_00008.pt')} (step 8)\n"
+                             f"pushed {out_dir} to {hub.url}/someone/tiny\n")
+    return env, out_dir
+
+
+def test_push_uploads_the_export_with_a_model_card_and_the_loss_plot(pushed, hub):
+    _, out_dir = pushed
+    files = hub.files("someone/tiny")
+    assert sorted(files) == sorted(os.listdir(out_dir)) == [
+        "README.md", "config.json", "generation_config.json", "loss.png", "merges.txt", "model.safetensors",
+        "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
+    assert all(files[name] == open(os.path.join(out_dir, name), "rb").read() for name in files)
+    assert files["loss.png"].startswith(b"\x89PNG")
+    assert {"POST /api/repos/create", "POST /api/validate-yaml", "POST /api/models/someone/tiny/commit/main"} \
+        <= set(hub.requests)
+
+
+def test_model_card_metadata_and_results_come_from_the_run(pushed, hub, tiny_run):
+    import yaml
+    card = hub.files("someone/tiny")["README.md"].decode()
+    _, metadata, body = card.split("---\n", 2)
+    metadata = yaml.safe_load(metadata)
+    assert {k: metadata[k] for k in ("library_name", "pipeline_tag", "license", "datasets", "language")} == {
+        "library_name": "transformers", "pipeline_tag": "text-generation", "license": "mit",
+        "datasets": ["HuggingFaceFW/fineweb-edu"], "language": "en"}
+    val_loss = float(open(os.path.join(tiny_run, "log.txt")).read().split("8 val ")[1].split()[0])
+    results = metadata["model-index"][0]["results"]
+    assert results[0]["dataset"]["type"] == "HuggingFaceFW/fineweb-edu"
+    assert results[0]["metrics"] == [{"type": "loss", "value": val_loss, "name": "val loss"}]
+    assert [m["value"] for m in results[1]["metrics"]] == [0.3, 0.31]  # both HellaSwag conventions
+    assert "GPT-2 (`GPT2LMHeadModel`): 2 layers, 2 heads, 64-dimensional embeddings" in body
+    assert "Tokens trained: 2,048 (8 steps of 256 tokens)." in body
+    assert f"- val loss: {val_loss:.4f} (step 8)" in body
+    assert "acc 0.2500, acc_norm 0.3000; lm-eval-harness style acc 0.2600, acc_norm 0.3100" in body
+    assert "![training loss](loss.png)" in body and "python sample.py -m someone/tiny" in body
+    assert 'AutoModelForCausalLM.from_pretrained("someone/tiny")' in body
+
+
+def test_model_card_command_trains_the_same_run_again(pushed, hub, tiny_run):
+    """The command on the card, parsed by train_gpt2.py, gives back every flag the checkpoint recorded."""
+    import shlex
+    import train_gpt2
+    from checkpoint import load_checkpoint
+    body = hub.files("someone/tiny")["README.md"].decode()
+    command = shlex.split(body.split("```bash\n")[1].split("\n```")[0])
+    assert command[:2] == ["python", "train_gpt2.py"] and "--n-embd" in command
+    recorded = load_checkpoint(os.path.join(tiny_run, "model_00008.pt"))["args"]
+    assert vars(train_gpt2.parse_args(command[2:])) == recorded
+
+
+def test_sample_py_loads_the_pushed_model_by_its_hub_name(pushed, tiny_run):
+    env, _ = pushed
+    args = ["--seed", "1", "--max-new-tokens", "8", "--device", "cpu"]
+    theirs = run_in(env, "sample.py", "-m", "someone/tiny", *args)
+    ours = run_script("sample.py", "-c", os.path.join(tiny_run, "model_00008.pt"), *args)
+    assert theirs.returncode == 0 and ours.returncode == 0, theirs.stderr[-2000:] + ours.stderr[-2000:]
+    assert theirs.stdout == ours.stdout
+
+
+def assert_one_line_error(result, start):
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-3000:]
+    assert result.stderr.startswith(start), result.stderr
+
+
+def test_a_repo_of_someone_else_is_refused_in_one_line(tiny_run, hub, tmp_path):
+    result = run_in(hub_env(hub.url, tmp_path / "home"), "export_hf.py", tiny_run, str(tmp_path / "out"),
+                    "--push-to-hub", "someone-else/tiny")
+    assert_one_line_error(result, "error: the token may not write to someone-else/tiny (403 Forbidden): ")
+    assert result.stderr.endswith(f"; nothing was changed on the hub, and the export is in {tmp_path / 'out'}\n")
+    assert "someone-else/tiny" not in hub.repos
+
+
+def test_an_unreachable_hub_is_one_line(tiny_run, tmp_path):
+    import socket
+    with socket.socket() as s:  # a port nothing listens on: bound, then closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run_in(hub_env(f"http://127.0.0.1:{port}", tmp_path / "home"), "export_hf.py", tiny_run,
+                    str(tmp_path / "out"), "--push-to-hub", "someone/tiny")
+    assert_one_line_error(result, f"error: cannot reach the Hugging Face hub at http://127.0.0.1:{port} (")
+
+
+def test_no_token_is_one_line_before_anything_is_written(tiny_run, hub, tmp_path):
+    result = run_in(hub_env(hub.url, tmp_path / "home", token=None), "export_hf.py", tiny_run,
+                    str(tmp_path / "out"), "--push-to-hub", "someone/tiny2")
+    assert_one_line_error(result, "error: --push-to-hub: no Hugging Face token: log in with `hf auth login`")
+    assert not os.path.exists(tmp_path / "out") and "someone/tiny2" not in hub.repos
+
+
+def test_a_push_that_fails_after_creating_the_repo_says_so(tiny_run, hub, tmp_path):
+    hub.commit_status = 400
+    try:
+        result = run_in(hub_env(hub.url, tmp_path / "home"), "export_hf.py", tiny_run, str(tmp_path / "out"),
+                        "--push-to-hub", "someone/broken", "--private")
+    finally:
+        hub.commit_status = None
+    assert_one_line_error(result, "error: the hub at ")
+    assert result.stderr.endswith("; the repo someone/broken was created but holds no files; delete it or push "
+                                  "again\n")
+    assert hub.files("someone/broken") == {} and hub.repos["someone/broken"]["private"] is True

@@ -1,0 +1,189 @@
+"""
+A stand-in for the Hugging Face hub, for offline tests: an HTTP server on 127.0.0.1 that answers the endpoints
+huggingface_hub calls to push a folder (create_repo, upload_folder) and to download it (snapshot_download),
+keeping each repo's files in a directory. Point the client at it with HF_ENDPOINT=hub.url and HF_TOKEN=anything.
+
+    with HubStandIn(tmp_path) as hub:
+        subprocess.run([..., "export_hf.py", "log/", "out/", "--push-to-hub", "someone/tiny"],
+                       env={**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "dummy"})
+        hub.files("someone/tiny")   # {path: bytes}
+
+The token's user is `someone`; it may write under OWNERS only, so other owners get the hub's 403. Uploads are
+all "regular" (the preupload answer says so, and huggingface_hub then sends every file base64 in the commit's
+NDJSON), so no LFS or Xet endpoint is needed. hub.requests lists the "METHOD path" of every request served.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+OWNERS = ("someone",)  # the namespaces the test token can write to: its user (no organizations)
+REPO = r"(?P<repo>[^/]+/[^/]+)"
+REV = r"(?P<rev>[^/]+)"
+
+
+def sha1(data):
+    return hashlib.sha1(data).hexdigest()
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One request; the hub's state lives on self.server.hub."""
+
+    def log_message(self, *args):
+        pass  # quiet: the test reads hub.requests instead
+
+    def do_HEAD(self):
+        self.route("HEAD")
+
+    def do_GET(self):
+        self.route("GET")
+
+    def do_POST(self):
+        self.route("POST")
+
+    def route(self, method):
+        hub, path = self.server.hub, unquote(urlsplit(self.path).path)
+        hub.requests.append(f"{method} {path}")
+        routes = [("POST", r"/api/repos/create", hub.create_repo),
+                  ("POST", r"/api/validate-yaml", hub.validate_yaml),
+                  ("POST", rf"/api/models/{REPO}/preupload/{REV}", hub.preupload),
+                  ("POST", rf"/api/models/{REPO}/commit/{REV}", hub.commit),
+                  ("GET", rf"/api/models/{REPO}(/revision/{REV})?", hub.model_info),
+                  ("GET", rf"/api/models/{REPO}/tree/{REV}(/.*)?", hub.tree),
+                  ("GET", rf"/{REPO}/resolve/{REV}/(?P<file>.+)", hub.resolve),
+                  ("HEAD", rf"/{REPO}/resolve/{REV}/(?P<file>.+)", hub.resolve)]
+        for route_method, pattern, answer in routes:
+            match = re.fullmatch(pattern, path)
+            if route_method == method and match:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                kwargs = {k: v for k, v in match.groupdict().items() if k in ("repo", "file")}
+                return self.reply(*answer(self, body, **kwargs))
+        self.reply(404, {"error": f"the stand-in does not know {method} {path}"})
+
+    def reply(self, status, body, headers=None):
+        """body: a dict or list (sent as JSON) or bytes. A HEAD gets the headers only."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream" if isinstance(body, bytes) else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+
+class HubStandIn:
+    def __init__(self, root):
+        self.root = str(root)  # repo files live in root/OWNER/NAME/
+        self.repos = {}  # repo_id -> {"sha": the head commit, "private": bool}
+        self.requests = []
+        self.commit_status = None  # e.g. 400: every commit fails (a push that breaks half way; a 5xx is retried)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # port 0: a free one
+        self.server.hub = self
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def files(self, repo_id):
+        """{path: bytes} of a repo's files."""
+        top = os.path.join(self.root, repo_id)
+        return {os.path.relpath(os.path.join(d, n), top): open(os.path.join(d, n), "rb").read()
+                for d, _, names in os.walk(top) for n in names}
+
+    # -- the checks every write goes through, in the hub's order: who you are, then what you may touch
+
+    def refuse_write(self, handler, repo_id):
+        """(status, body) of the hub's refusal, or None when this token may write to repo_id."""
+        if not handler.headers.get("Authorization", "").startswith("Bearer "):
+            return 401, {"error": "Invalid credentials in Authorization header"}
+        if repo_id.split("/")[0] not in OWNERS:
+            return 403, {"error": f"You don't have the rights to write to {repo_id}"}
+        return None
+
+    def not_found(self, repo_id):
+        return 404, {"error": f"Repository Not Found for url: {repo_id}"}, {"X-Error-Code": "RepoNotFound"}
+
+    # -- the endpoints
+
+    def create_repo(self, handler, body):
+        payload = json.loads(body)
+        repo_id = f"{payload.get('organization') or OWNERS[0]}/{payload['name']}"
+        refused = self.refuse_write(handler, repo_id)
+        if refused:
+            return refused
+        if repo_id in self.repos:
+            return 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"}
+        os.makedirs(os.path.join(self.root, repo_id))
+        self.repos[repo_id] = {"sha": sha1(repo_id.encode()), "private": payload.get("visibility") == "private"}
+        return 200, {"url": f"{self.url}/{repo_id}"}
+
+    def validate_yaml(self, handler, body):
+        content = json.loads(body)["content"]
+        if not content.startswith("---\n"):
+            return 400, {"errors": [{"message": "README.md has no YAML metadata block"}]}
+        return 200, {"errors": [], "warnings": []}
+
+    def preupload(self, handler, body, repo):
+        if repo not in self.repos:
+            return self.not_found(repo)
+        refused = self.refuse_write(handler, repo)
+        if refused:
+            return refused
+        files = json.loads(body)["files"]
+        return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+
+    def commit(self, handler, body, repo):
+        """NDJSON: a header line, then one {"key": "file", "value": {path, content (base64), encoding}} per file."""
+        if repo not in self.repos:
+            return self.not_found(repo)
+        refused = self.refuse_write(handler, repo)
+        if refused:
+            return refused
+        if self.commit_status:
+            return self.commit_status, {"error": "the stand-in was told to refuse commits"}
+        lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+        unsupported = [line["key"] for line in lines if line["key"] not in ("header", "file")]
+        if unsupported:  # lfsFile, deletedFile...: the preupload answer never asks for them
+            return 400, {"error": f"the stand-in does not take {unsupported}"}
+        for line in lines[1:]:
+            path = os.path.join(self.root, repo, line["value"]["path"])
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(base64.b64decode(line["value"]["content"]))
+        self.repos[repo]["sha"] = sha1(self.repos[repo]["sha"].encode() + body)
+        sha = self.repos[repo]["sha"]
+        return 200, {"commitUrl": f"{self.url}/{repo}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None}
+
+    def model_info(self, handler, body, repo):
+        if repo not in self.repos:
+            return self.not_found(repo)
+        return 200, {"id": repo, "modelId": repo, "sha": self.repos[repo]["sha"],
+                     "private": self.repos[repo]["private"],
+                     "siblings": [{"rfilename": path} for path in sorted(self.files(repo))]}
+
+    def tree(self, handler, body, repo):
+        if repo not in self.repos:
+            return self.not_found(repo)
+        return 200, [{"type": "file", "path": path, "size": len(data), "oid": sha1(data)}
+                     for path, data in sorted(self.files(repo).items())]
+
+    def resolve(self, handler, body, repo, file):
+        if repo not in self.repos:
+            return self.not_found(repo)
+        data = self.files(repo).get(file)
+        if data is None:
+            return 404, {"error": f"{file} does not exist"}, {"X-Error-Code": "EntryNotFound"}
+        return 200, data, {"X-Repo-Commit": self.repos[repo]["sha"], "ETag": f'"{sha1(data)}"'}
