@@ -353,7 +353,7 @@ def model_card(repo_id, license, checkpoint, config, arch, n_params, results, ha
     elif hellaswag:
         lines.append(f"- HellaSwag acc_norm (completion-style, step {hellaswag['step']}): {hellaswag['acc_norm']:.4f}")
     else:
-        lines.append("- HellaSwag: not evaluated during training")
+        lines.append("- HellaSwag: not in the run's logs")
     if has_plot:
         lines += ["", "![training loss](loss.png)"]
     auto_class = "AutoModelForCausalLM"

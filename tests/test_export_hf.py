@@ -352,6 +352,20 @@ def test_sample_py_loads_the_pushed_model_by_its_hub_name(pushed, tiny_run):
     assert theirs.stdout == ours.stdout
 
 
+def test_model_card_of_a_bare_checkpoint_says_what_is_not_recorded(tmp_path):
+    """A checkpoint with no run beside it (no log.txt, metrics.jsonl or args): a card that claims nothing."""
+    import yaml
+    save_tiny_checkpoint(str(tmp_path / "model.pt"))
+    export(str(tmp_path / "model.pt"), str(tmp_path / "hf"), repo_id="me/bare", license="apache-2.0")
+    assert "loss.png" not in os.listdir(tmp_path / "hf")  # no log, no plot
+    _, metadata, body = (tmp_path / "hf" / "README.md").read_text().split("---\n", 2)
+    assert yaml.safe_load(metadata) == {"library_name": "transformers", "pipeline_tag": "text-generation",
+                                        "license": "apache-2.0", "language": "en"}  # no datasets, no model-index
+    for line in ("The training command was not recorded in the checkpoint.", "Steps trained: 123 (tokens per step "
+                 "not recorded).", "- val loss: not recorded", "- HellaSwag: not in the run's logs"):
+        assert line in body
+
+
 def assert_one_line_error(result, start):
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-3000:]
     assert result.stderr.startswith(start), result.stderr
