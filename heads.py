@@ -34,10 +34,12 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from checkpoint import load_checkpoint, resolve_checkpoint_path
 from fineweb import count, get_tokenizer, list_shards, open_shard, save_json_atomically
@@ -47,6 +49,12 @@ from model import GPT, flops_per_token
 FRACTIONS = [i / 20 for i in range(11)]  # 0%, 5%, ..., 50% of the heads
 PERPLEXITY_LIMIT = 0.05  # the +5% perplexity a pruning claim is usually read against
 CURVES = ("importance", "iterative", "ablation", "random")
+# Almost all of a small model's loss is its head: (tokens x n_embd) @ (n_embd x 50,304), then a softmax over 50,304.
+# On a CPU the model's chunked loss does that 128 positions at a time (25 MB of logits rather than a whole batch's
+# 100 MB written to memory and read back): measured 1.7x less CPU time per loss on the demo model.
+LOSS_CHUNK_ROWS = 128
+MAX_CPU_WORKERS = 4  # masks evaluated at once on a CPU (see split_threads_among_workers)
+TOKENS_PER_LOSS_FORWARD = 4096  # a loss evaluation's forward holds this many tokens (at least --batch-size windows)
 
 RESULT_KEYS = {
     "source": "the checkpoint file or Hugging Face model analysed",
@@ -121,40 +129,80 @@ def batches(windows, batch_size):
 
 
 class Evaluator:
-    """Val loss and mask gradients of one model on fixed windows (already on its device)."""
+    """Val loss and mask gradients of one model on fixed windows (already on its device), each computed once per
+    mask. `workers` (mask, batch) pieces are computed at a time, each in its own thread; the heavy ops release
+    the GIL, so on a CPU with one torch thread per worker the cores stay busy without the per-op
+    synchronisation of intra-op threads (see split_threads_among_workers)."""
 
-    def __init__(self, model, windows, batch_size, device, dtype):
+    def __init__(self, model, windows, batch_size, device, dtype, workers=1):
         self.model, self.windows, self.batch_size, self.device, self.dtype = model, windows, batch_size, device, dtype
+        self.workers = workers
         self.full_mask = head_presence(model.config).float().to(device)  # 1 for every head the model has
         self.known = {}  # (mask, windows) -> loss: the curves meet the same masks more than once
+        self.known_gradients = {}  # (mask, windows) -> |dL/dmask|: the iterative order starts where importance did
+        # a loss needs no per-batch result, so it takes bigger forwards than --batch-size: fewer, larger ops
+        self.loss_batch_size = max(batch_size, TOKENS_PER_LOSS_FORWARD // max(windows.size(1) - 1, 1))
+        self.loss_chunk = LOSS_CHUNK_ROWS if device == "cpu" else 0  # 0: the whole logits at once, as on a GPU
+
+    def key(self, head_mask, windows):
+        return tuple((self.full_mask if head_mask is None else head_mask).flatten().tolist()), len(windows)
 
     def loss(self, head_mask=None, windows=None):
         """Mean cross-entropy over every target token of the windows, with an optional head mask."""
+        return self.losses([head_mask], windows)[0]
+
+    def losses(self, head_masks, windows=None, desc=None):
+        """loss() for each mask. The ones not known yet are computed as (mask, batch) pieces, `workers` at a time
+        (so that one mask alone still keeps every worker busy), with a progress bar titled desc if given."""
         windows = self.windows if windows is None else windows
-        key = (tuple((self.full_mask if head_mask is None else head_mask).flatten().tolist()), len(windows))
-        if key not in self.known:
-            self.known[key] = self.compute_loss(head_mask, windows)
-        return self.known[key]
+        keys = [self.key(mask, windows) for mask in head_masks]
+        todo = {key: mask for key, mask in zip(keys, head_masks) if key not in self.known}
+        parts = list(batches(windows, self.loss_batch_size))
+        pieces = self.map(lambda piece: self.batch_loss(*piece), [(mask, *part) for mask in todo.values()
+                                                                   for part in parts])
+        with tqdm(total=len(set(keys)), initial=len(set(keys)) - len(todo), desc=desc, unit="mask",
+                  disable=desc is None) as bar:
+            for key in todo:
+                total = 0.0
+                for x, _ in parts:  # a mask's batches in order, whichever worker finished first
+                    total += next(pieces) * x.size(0)
+                self.known[key] = total / len(windows)
+                bar.update()
+        return [self.known[key] for key in keys]
 
-    def compute_loss(self, head_mask, windows):
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        with torch.no_grad():
-            for x, y in batches(windows, self.batch_size):
-                with autocast(self.dtype, self.device):
-                    _, loss = self.model(x, y, head_mask=head_mask)
-                total += loss.double() * x.size(0)
-        return total.item() / len(windows)
+    def batch_loss(self, head_mask, x, y):
+        with torch.no_grad(), autocast(self.dtype, self.device):  # grad mode and autocast are per thread
+            _, loss = self.model(x, y, head_mask=head_mask, loss_chunk=self.loss_chunk)
+        return loss.double().item()
 
-    def mask_gradient(self, head_mask=None):
-        """Mean over batches of |dL/dmask| at head_mask (all ones by default): Michel et al.'s importance."""
-        mask = (self.full_mask if head_mask is None else head_mask).clone().requires_grad_(True)
-        total, n = torch.zeros_like(mask), 0
-        for x, y in batches(self.windows, self.batch_size):
-            with autocast(self.dtype, self.device):
-                _, loss = self.model(x, y, head_mask=mask)
-            total += torch.autograd.grad(loss, mask)[0].abs()
-            n += 1
-        return (total / n).detach()
+    def mask_gradient(self, head_mask=None, desc=None):
+        """Mean over batches of |dL/dmask| at head_mask (all ones by default): Michel et al.'s importance. Its
+        forward passes give the loss at head_mask too, which is kept."""
+        mask = self.full_mask if head_mask is None else head_mask
+        key = self.key(mask, self.windows)
+        if key not in self.known_gradients:
+            work = list(batches(self.windows, self.batch_size))
+            results = list(tqdm(self.map(lambda batch: self.batch_gradient(mask, *batch), work), total=len(work),
+                                desc=desc, unit="batch", disable=desc is None))
+            self.known_gradients[key] = sum(gradient.abs() for gradient, _ in results) / len(results)
+            total = sum(loss * x.size(0) for (_, loss), (x, _) in zip(results, work))
+            self.known.setdefault(key, total / len(self.windows))
+        return self.known_gradients[key]
+
+    def batch_gradient(self, head_mask, x, y):
+        """dL/dmask of one batch's mean loss, and that loss."""
+        mask = head_mask.clone().requires_grad_(True)
+        with torch.enable_grad(), autocast(self.dtype, self.device):
+            _, loss = self.model(x, y, head_mask=mask, loss_chunk=self.loss_chunk)
+        return torch.autograd.grad(loss, mask)[0], loss.double().item()
+
+    def map(self, function, items):
+        """function over items, in order; `workers` at a time."""
+        if self.workers == 1:
+            yield from map(function, items)
+            return
+        with ThreadPoolExecutor(self.workers) as pool:
+            yield from pool.map(function, items)
 
     def mask(self, heads):
         """The full mask with these (layer, head) pairs set to 0."""
@@ -162,6 +210,20 @@ class Evaluator:
         for layer, head in heads:
             mask[layer, head] = 0
         return mask
+
+
+def split_threads_among_workers(device):
+    """How many pieces an Evaluator computes at once. On a CPU, the torch threads are split among up to
+    MAX_CPU_WORKERS workers (a worker holds a forward's activations, and a gradient's) and torch's thread count is
+    set to each one's share: a small model's ops are too short to split among threads, and on a busy machine
+    threads that wait for each other at the end of every op mostly wait (measured on 2 cores at load 8-10: the
+    same forwards took 17x longer on 2 threads than on 1). Elsewhere one worker."""
+    if device != "cpu":
+        return 1
+    threads = torch.get_num_threads()
+    workers = min(threads, MAX_CPU_WORKERS)
+    torch.set_num_threads(threads // workers)
+    return workers
 
 
 def head_presence(config):
@@ -174,9 +236,9 @@ def head_presence(config):
 # redundancy: pairwise cosine similarities of heads
 
 
-def head_similarity(model, windows, batch_size, device, dtype):
+def head_similarity(model, windows, batch_size, device, dtype, desc=None):
     """{"attention", "output"}: (n_layer, n_head, n_head) mean cosine similarity of every pair of heads (see the
-    top of the file). A layer's missing heads (pruned models) stay nan."""
+    top of the file). A layer's missing heads (pruned models) stay nan. desc: title of a progress bar (stderr)."""
     L, H = model.config.n_layer, model.config.n_head
     sums = {kind: torch.zeros(L, H, H, dtype=torch.float64) for kind in ("attention", "output")}
     counts = {"attention": 0, "output": 0}
@@ -207,9 +269,10 @@ def head_similarity(model, windows, batch_size, device, dtype):
         hooks.append(block.attn.register_forward_hook(accumulate(layer)))
     try:
         with torch.no_grad():
-            for x, _ in batches(windows, batch_size):
+            for x, _ in tqdm(batches(windows, batch_size), total=math.ceil(len(windows) / batch_size), desc=desc,
+                             unit="batch", disable=desc is None):
                 with autocast(dtype, device):
-                    model(x)
+                    model(x, last_only=True)  # the hooks read the heads; no position's logits are needed
                 counts["attention"] += x.size(0) * (x.size(1) - 1)
                 counts["output"] += x.size(0) * x.size(1)
     finally:
@@ -274,12 +337,12 @@ def heads_to_prune(fraction, n_heads):
     return math.floor(fraction * n_heads + 0.5)  # the nearest count, halves up (round() would round 2.5 to 2)
 
 
-def iterative_order(evaluator, present, counts):
-    """Prune to each count in turn, recomputing importance with the already pruned heads masked."""
+def iterative_order(evaluator, present, counts, desc=None):
+    """Prune to each count in turn, recomputing importance with the already pruned heads masked. Each step's
+    gradient also gives the loss at that step, so the iterative curve is known but for its last point."""
     order = []
-    for n_pruned in counts:
-        if n_pruned <= len(order):
-            continue
+    steps = sorted({n for n in counts if n > 0})
+    for n_pruned in tqdm(steps, desc=desc, unit="step", disable=desc is None):
         mask = evaluator.mask(order)
         remaining = present.clone()
         for layer, head in order:
@@ -289,9 +352,10 @@ def iterative_order(evaluator, present, counts):
     return order
 
 
-def curve(evaluator, order, counts, base_loss):
+def curve(evaluator, order, counts, base_loss, desc=None):
     """Loss, perplexity and their relative changes with the first `count` heads of order masked, per count."""
-    losses = [base_loss if n == 0 else evaluator.loss(evaluator.mask(order[:n])) for n in counts]
+    measured = iter(evaluator.losses([evaluator.mask(order[:n]) for n in counts if n > 0], desc=desc))
+    losses = [next(measured) if n > 0 else base_loss for n in counts]
     return {
         "loss": losses, "perplexity": [math.exp(loss) for loss in losses],
         "loss_change": [loss / base_loss - 1 for loss in losses],
@@ -434,6 +498,7 @@ def run_study(args):
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
+    workers = split_threads_among_workers(device)
     torch.manual_seed(args.seed)
     model, source, step, train_seq_len = load_model(args, device)
     out = args.out or (os.path.join(os.path.dirname(source), f"heads_{step or 0:05d}") if args.checkpoint
@@ -451,13 +516,11 @@ def run_study(args):
     windows = windows.to(device)
     n_sim = max(1, min(len(windows), math.ceil(args.similarity_tokens / seq_len)))
     n_ablation = max(1, min(len(windows), math.ceil((args.ablation_tokens or args.tokens) / seq_len)))
-    evaluator = Evaluator(model, windows, args.batch_size, device, dtype)
+    evaluator = Evaluator(model, windows, args.batch_size, device, dtype, workers)
     present = head_presence(config)
     n_heads = int(present.sum())
     print(f"heads.py: {source}{'' if step is None else f' (step {step})'}: {config.n_layer} layers, "
-          f"{n_heads} heads; {len(windows) * seq_len:,} val tokens at seq_len {seq_len}; {device} {dtype}")
-    base_loss = evaluator.loss()
-    phase("loss")
+          f"{n_heads} heads; {len(windows) * seq_len:,} val tokens at seq_len {seq_len}; {device} {dtype}", flush=True)
 
     # redundancy, and the same on a random model of this shape
     torch.manual_seed(args.seed)  # zero-initialised output projections would make every head's output 0
@@ -466,7 +529,8 @@ def run_study(args):
     random_model = GPT(random_config).to(device).eval().requires_grad_(False)
     similarity = {kind: {} for kind in ("attention", "output")}
     for which, m in (("trained", model), ("random", random_model)):
-        for kind, values in head_similarity(m, windows[:n_sim], args.batch_size, device, dtype).items():
+        for kind, values in head_similarity(m, windows[:n_sim], args.batch_size, device, dtype,
+                                            desc=f"similarity, {which} model").items():
             similarity[kind][which] = values
     del random_model
     summary = {kind: {which: similarity_summary(similarity[kind][which], args.threshold) for which in similarity[kind]}
@@ -475,35 +539,46 @@ def run_study(args):
              for kind in similarity}
     phase("similarity")
 
-    # importance and ablation
-    raw = evaluator.mask_gradient().cpu()
+    # importance (its forward passes give the unpruned loss too) and ablation
+    raw = evaluator.mask_gradient(desc="importance").cpu()
+    base_loss = evaluator.loss()
     importance = normalise_per_layer(raw, present)
     phase("importance")
     ablation_loss = torch.full((config.n_layer, config.n_head), float("nan"))
     ablation_base = evaluator.loss(windows=windows[:n_ablation]) if n_ablation < len(windows) else base_loss
-    for layer, head in ascending(importance, present):
-        ablation_loss[layer, head] = evaluator.loss(evaluator.mask([(layer, head)]), windows=windows[:n_ablation])
+    one_head = ascending(importance, present)
+    one_head_losses = evaluator.losses([evaluator.mask([head]) for head in one_head], windows=windows[:n_ablation],
+                                       desc="ablation, one head at a time")
+    for head, loss in zip(one_head, one_head_losses):
+        ablation_loss[head] = loss
     ablation_increase = ablation_loss - ablation_base
     phase("ablation")
 
     # pruning curves
     counts = [heads_to_prune(f, n_heads) for f in FRACTIONS]
     pruning = {"fractions": FRACTIONS, "heads_pruned": counts}
-    pruning["importance"] = curve(evaluator, ascending(importance, present), counts, base_loss)
-    pruning["ablation"] = curve(evaluator, ascending(torch.nan_to_num(ablation_increase), present), counts, base_loss)
+    pruning["importance"] = curve(evaluator, ascending(importance, present), counts, base_loss,
+                                  desc="pruning curve, importance order")
+    pruning["ablation"] = curve(evaluator, ascending(torch.nan_to_num(ablation_increase), present), counts, base_loss,
+                                desc="pruning curve, ablation order")
     phase("pruning_importance_and_ablation")
     rng = np.random.default_rng(args.seed)
     all_heads = ascending(torch.zeros(present.shape), present)
-    draws = [curve(evaluator, [all_heads[i] for i in rng.permutation(n_heads)], counts, base_loss)
-             for _ in range(args.random_draws)]
+    orders = [[all_heads[i] for i in rng.permutation(n_heads)] for _ in range(args.random_draws)]
+    # every draw's masks in one call, so that the workers share them out
+    evaluator.losses([evaluator.mask(order[:n]) for order in orders for n in counts if n > 0],
+                     desc=f"pruning curves, {len(orders)} random orders")
+    draws = [curve(evaluator, order, counts, base_loss) for order in orders]
     pruning["random"] = {"draws": draws}
     for key in ("loss", "perplexity", "loss_change", "perplexity_change"):
         values = np.array([draw[key] for draw in draws])
         pruning["random"][key + "_mean"] = values.mean(0).tolist()
         pruning["random"][key + "_std"] = values.std(0, ddof=1 if len(draws) > 1 else 0).tolist()
     phase("pruning_random")
-    pruning["iterative"] = (curve(evaluator, iterative_order(evaluator, present, counts), counts, base_loss)
-                            if args.iterative else None)
+    pruning["iterative"] = None
+    if args.iterative:
+        order = iterative_order(evaluator, present, counts, desc="pruning curve, iterative order (gradients)")
+        pruning["iterative"] = curve(evaluator, order, counts, base_loss, desc="pruning curve, iterative order")
     phase("pruning_iterative")
     crossings = {name: crossing(FRACTIONS, pruning[name]["perplexity_change"]) for name in CURVES[:3] if pruning[name]}
     crossings["random"] = crossing(FRACTIONS, pruning["random"]["perplexity_change_mean"])
@@ -514,7 +589,8 @@ def run_study(args):
         removed = sorted(ascending(importance, present)[:count])
         masked_loss = evaluator.loss(evaluator.mask(removed))
         pruned = without_heads(model, set(removed))
-        pruned_loss = Evaluator(pruned, windows, args.batch_size, device, dtype).loss()
+        pruned_loss = Evaluator(pruned, windows, args.batch_size, device, dtype, workers).losses(
+            [None], desc=f"save-pruned {round(100 * args.save_pruned)}%: the sliced model's loss")[0]
         path = os.path.join(out, f"pruned_{round(100 * args.save_pruned)}pct", f"model_{step or 0:05d}.pt")
         info = {"from": source, "fraction": args.save_pruned, "heads_removed": [list(h) for h in removed]}
         write_pruned_checkpoint(path, pruned, step, pruned_loss, info)

@@ -118,6 +118,73 @@ def test_importance_is_normalised_per_layer():
 
 
 # -----------------------------------------------------------------------------
+# the fast path: (mask, batch) pieces on worker threads, the loss in chunks, each mask once
+
+
+def reference_loss(model, windows, batch_size, mask):
+    """The straightforward way (heads.py before it was made fast): one mask, batches of batch_size windows, the
+    whole logits and F.cross_entropy, averaged over windows in float64."""
+    total = 0.0
+    for x, y in heads.batches(windows, batch_size):
+        total += model(x, y, head_mask=mask)[1].double().item() * x.size(0)
+    return total / len(windows)
+
+
+def reference_gradient(model, windows, batch_size, mask):
+    total, n = torch.zeros_like(mask), 0
+    for x, y in heads.batches(windows, batch_size):
+        leaf = mask.clone().requires_grad_(True)
+        total += torch.autograd.grad(model(x, y, head_mask=leaf)[1], leaf)[0].abs()
+        n += 1
+    return total / n
+
+
+# The fast path adds the same float32 terms in another order (the softmax over the vocabulary in chunks of 128
+# positions, other batch sizes, the windows summed in other groups), so it may differ from the reference by a few
+# float32 roundings (about 6e-8 relative each; measured: up to 1.3e-7). 1e-6 is well above that and well below
+# what a wrong mask or a window left out would change here (2.4e-5 for one head of this random model, 2.4e-4).
+SAME_SUMS_OTHER_ORDER = 1e-6
+
+
+def test_batched_losses_on_two_workers_equal_the_one_mask_reference():
+    model = tiny_model(seed=8, n_head=4)
+    windows = random_windows(n=11, seq_len=40)  # 440 positions: several loss chunks, and a short last batch
+    ev = heads.Evaluator(model, windows, 3, "cpu", "fp32", workers=2)
+    ev.loss_batch_size = 4  # several forwards per mask, as 16k tokens have at the default size
+    masks = [ev.mask([]), ev.mask([(0, 1)]), ev.mask([(1, 0), (1, 3), (0, 2)]), ev.mask([(0, h) for h in range(4)])]
+    losses = ev.losses(masks + [masks[1]])  # a mask met twice is computed once
+    for mask, loss in zip(masks, losses):
+        assert loss == pytest.approx(reference_loss(model, windows, 3, mask), rel=SAME_SUMS_OTHER_ORDER)
+    assert losses[4] == losses[1] and len(ev.known) == 4
+    ev.batch_loss = None  # known masks are not computed again
+    assert ev.losses(masks) == losses[:4]
+
+
+def test_mask_gradient_on_two_workers_equals_the_reference_and_gives_the_loss():
+    model = tiny_model(seed=9, n_head=4)
+    windows = random_windows(n=7, seq_len=40)  # batches of 3, 3 and 1 windows: |grad| is averaged per batch
+    ev = heads.Evaluator(model, windows, 3, "cpu", "fp32", workers=2)
+    mask = ev.mask([(1, 2)])
+    # a gradient sums terms of both signs (softmax minus one-hot) in float32, so its roundings are relative to
+    # those terms rather than to the sum: measured 3e-7 relative here; 1e-5 leaves room, an absolute 1e-8 covers
+    # a gradient near 0 (these are about 1e-3)
+    torch.testing.assert_close(ev.mask_gradient(mask), reference_gradient(model, windows, 3, mask), rtol=1e-5,
+                               atol=1e-8)
+    ev.batch_loss = None  # the gradient's forwards gave the loss at that mask
+    assert ev.loss(mask) == pytest.approx(reference_loss(model, windows, 3, mask), rel=SAME_SUMS_OTHER_ORDER)
+
+
+def test_threads_are_split_among_workers_on_cpu_only():
+    threads = torch.get_num_threads()
+    try:
+        assert heads.split_threads_among_workers("cuda") == 1 and torch.get_num_threads() == threads
+        workers = heads.split_threads_among_workers("cpu")
+        assert 1 <= workers <= heads.MAX_CPU_WORKERS and workers * torch.get_num_threads() <= threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+# -----------------------------------------------------------------------------
 # pruning
 
 def test_pruning_nothing_gives_the_unpruned_loss_and_curves_count_heads():
@@ -141,6 +208,8 @@ def test_iterative_order_removes_each_step_from_what_is_left():
     assert len(order) == 5 and len(set(order)) == 5
     first = heads.ascending(heads.normalise_per_layer(ev.mask_gradient(), present), present)[0]
     assert order[0] == first
+    # each step's gradient gave the loss there: the curve needs only its last point computed
+    assert all(ev.key(ev.mask(order[:n]), ev.windows) in ev.known for n in (0, 1, 3))
 
 
 def test_crossing_reports_the_last_step_within_five_percent():
@@ -203,6 +272,12 @@ def run(*args, timeout=300):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+PHASES = ["similarity, trained model", "similarity, random model", "importance", "ablation, one head at a time",
+          "pruning curve, importance order", "pruning curve, ablation order", "pruning curves, 2 random orders",
+          "pruning curve, iterative order (gradients)", "pruning curve, iterative order",
+          "save-pruned 25%: the sliced model's loss"]
+
+
 @pytest.mark.slow
 def test_cli_writes_documented_results_and_a_pruned_checkpoint_that_loads_everywhere(tmp_path):
     torch.manual_seed(0)
@@ -218,6 +293,11 @@ def test_cli_writes_documented_results_and_a_pruned_checkpoint_that_loads_everyw
                  "--random-draws", "2", "--save-pruned", "25%", "--out", str(out), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "+5% perplexity, importance order" in result.stdout and "pruned checkpoint" in result.stdout
+    # every phase shows a progress bar on stderr that gets to 100% (tqdm redraws a bar after a carriage return)
+    finished = [line for line in result.stderr.replace("\r", "\n").splitlines() if "100%" in line]
+    for phase in PHASES:
+        assert any(line.startswith(phase + ":") for line in finished), f"no finished progress bar for {phase!r}"
+    assert "100%" not in result.stdout
     results = json.loads((out / "results.json").read_text())
     assert set(results) == set(heads.RESULT_KEYS)
     assert results["data"]["tokens"] == 512 and results["data"]["seq_len"] == 32 and results["step"] == 7
