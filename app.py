@@ -54,7 +54,8 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--checkpoint", help="a run directory (its checkpoints, newest first, and its run "
                                                    "page) or one checkpoint file, e.g. log/ or log/model_05000.pt")
-    source.add_argument("-m", "--model", help="OpenAI GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local "
+    source.add_argument("-m", "--model", help="OpenAI GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a "
+                                              "hub repo OWNER/NAME (export_hf.py --push-to-hub) or a local "
                                               "Hugging Face-format directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes the app to "
                                                             "the network")

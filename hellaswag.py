@@ -363,8 +363,8 @@ def parse_args(argv=None):
                                      "completion style and lm-evaluation-harness style.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("-m", "--model", help="Hugging Face GPT-2: a hub name (gpt2, gpt2-medium, gpt2-large, "
-                        "gpt2-xl) or a local directory with config.json and model.safetensors")
+    source.add_argument("-m", "--model", help="Hugging Face weights: gpt2, gpt2-medium, gpt2-large, gpt2-xl, "
+                        "a hub repo OWNER/NAME, or a local directory with config.json and model.safetensors")
     source.add_argument("-c", "--checkpoint", help="a train_gpt2.py checkpoint, or a run directory (its newest): e.g. log/")
     parser.add_argument("--split", default="val", choices=list(SPLIT_SIZES),
                         help="which HellaSwag split (test has no labels, so it cannot be scored)")

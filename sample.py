@@ -56,7 +56,8 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--checkpoint", help="one of train_gpt2.py's checkpoints, or a run directory (its newest): "
                         "e.g. log/")
-    source.add_argument("-m", "--model", help="OpenAI GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local "
+    source.add_argument("-m", "--model", help="OpenAI GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a "
+                                              "hub repo OWNER/NAME (export_hf.py --push-to-hub) or a local "
                                               "Hugging Face-format directory")
     parser.add_argument("--prompt", default="Hello, I'm a language model,", help="text to continue")
     parser.add_argument("--num-samples", type=int, default=5, help="independent samples, generated as one batch")
