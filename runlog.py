@@ -55,8 +55,8 @@ class RunLog:
             skipped, bad_steps = fields.pop("skipped"), fields.pop("bad_steps")
             eta = "estimating" if fields["eta_s"] is None else format_duration(fields["eta_s"])
             print(f"step {step:5d} | loss {fields['loss']:.6f} | lr {fields['lr']:.4e} | norm {fields['norm']:.4f} | "
-                  f"dt {fields['dt_ms']:.2f}ms | tok/s {fields['tokens_per_sec']:.0f} | mfu {format_mfu(fields['mfu'])} "
-                  f"| elapsed {format_duration(fields['elapsed_s'])} | eta {eta}")
+                  f"dt {fields['dt_ms']:.2f}ms | tok/s {fields['tokens_per_sec']:.0f} | "
+                  f"mfu {format_mfu(fields['mfu'])} | elapsed {format_duration(fields['elapsed_s'])} | eta {eta}")
             if skipped:
                 print(f"warning: step {step}: loss {fields['loss']}, grad norm {fields['norm']}: {skipped}, update "
                       f"skipped ({bad_steps} in a row)", file=sys.stderr)

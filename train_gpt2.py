@@ -11,9 +11,9 @@ HellaSwag, samples and checkpoints.
 
 Data order. A shard of n tokens holds (n-1)//T windows of T+1 tokens at stride T. Epoch e visits the train
 shards in permutation(n_shards, seed, e), and the windows of shard k in permutation(n_windows, seed, e, k), a
-shuffle this file defines (no library version can change it); the epochs follow one another as one endless stream of windows. Step s trains on windows
-[s*W, (s+1)*W) of that stream (W = total_batch_size / T), and micro-batch j = micro_step * world_size + rank
-is the j-th run of B windows in it. A step's data therefore depends on neither the world size nor the
+shuffle this file defines (no library version can change it); the epochs follow one another as one endless
+stream of windows. Step s trains on windows [s*W, (s+1)*W) of that stream (W = total_batch_size / T), and
+micro-batch j = micro_step * world_size + rank is the j-th run of B windows in it. A step's data therefore depends on neither the world size nor the
 accumulation split, and the loader's whole state is one number, the stream position.
 
 Checkpoints. log/model_{step:05d}.pt is the state after `step` optimizer steps: checkpoint["step"] is the next
@@ -85,8 +85,9 @@ def parse_args(argv=None):
     add("--schedule", default="cosine", choices=["cosine", "wsd"], help="after the warmup: cosine decay to --min-lr, "
         "or warmup-stable-decay: --max-lr until the last --decay-frac of the steps, then linear to --min-lr")
     add("--decay-frac", type=float, default=0.2, help="wsd: the fraction of --max-steps spent decaying")
-    add("--batch-size", type=batch_size_arg, default=DEFAULT_BATCH_SIZE, help="micro-batch rows per GPU (B), or 'auto': the largest "
-        "that fits this GPU and divides the rows per rank and step (elsewhere: the default, or its largest divisor)")
+    add("--batch-size", type=batch_size_arg, default=DEFAULT_BATCH_SIZE, help="micro-batch rows per GPU (B), or "
+        "'auto': the largest that fits this GPU and divides the rows per rank and step (elsewhere: the default, or "
+        "its largest divisor)")
     add("--seq-len", type=int, default=1024, help="tokens per row (T)")
     add("--total-batch-size", type=int, default=524288, help="tokens per optimizer step, over all GPUs (2**19)")
     add("--max-lr", type=float, default=6e-4, help="peak learning rate")
@@ -397,6 +398,10 @@ def due(every, step, max_steps):
     return every > 0 and (step % every == 0 or step == max_steps)
 
 
+SPIKE_WINDOW = 100  # losses of accepted steps the spike test looks back on
+SPIKE_MIN_HISTORY = 10  # and how many it needs before it judges
+
+
 def is_spike(loss, recent_losses, z_threshold):
     """llm.c's --skip_update_lossz: the loss is z_threshold standard deviations above the recent mean."""
     if z_threshold <= 0 or len(recent_losses) < SPIKE_MIN_HISTORY:
@@ -404,8 +409,6 @@ def is_spike(loss, recent_losses, z_threshold):
     mean, std = statistics.fmean(recent_losses), statistics.pstdev(recent_losses)
     return std > 0 and (loss - mean) / std > z_threshold
 
-
-SPIKE_WINDOW, SPIKE_MIN_HISTORY = 100, 10  # losses of accepted steps the spike test looks back on
 
 
 def skip_reason(loss, norm, scaler, recent_losses, z_threshold):
@@ -516,7 +519,7 @@ class TrainState:
     """What a run carries from step to step besides its weights, optimizer and data position, under the names its
     checkpoints use: a resume restores exactly this."""
     step: int = 0  # updates done
-    recent_losses: deque = dataclasses.field(default_factory=lambda: deque(maxlen=SPIKE_WINDOW))  # accepted steps'
+    recent_losses: deque = dataclasses.field(default_factory=lambda: deque(maxlen=SPIKE_WINDOW))  # for is_spike
     bad_steps: int = 0  # updates skipped in a row
     evals_done: bool = False  # this step's evals ran before the checkpoint was written
     elapsed_s: float = 0.0  # training time before this process started
