@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, resolve_checkpoint_path
+from checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
 from fineweb import count, get_tokenizer, list_shards, open_shard, save_json_atomically
 from hardware import DTYPES, autocast, pick_device, pick_dtype
 from model import GPT, flops_per_token
@@ -89,7 +89,7 @@ def load_model(args, device):
     if args.checkpoint:
         path = resolve_checkpoint_path(args.checkpoint)
         checkpoint = load_checkpoint(path)
-        model = GPT.from_checkpoint(path, device, checkpoint=checkpoint)
+        model = model_from_checkpoint(path, device, checkpoint=checkpoint)
         train_args = checkpoint.get("args")
         seq_len = train_args.get("seq_len") if isinstance(train_args, dict) else None
         return model, path, checkpoint.get("step"), seq_len
@@ -401,7 +401,7 @@ def without_heads(model, removed):
 
 
 def write_pruned_checkpoint(path, pruned, step, val_loss, info):
-    """A checkpoint that GPT.from_checkpoint (sample.py, hellaswag.py, the app) loads; it holds no optimizer,
+    """A checkpoint that checkpoint.load_model (sample.py, hellaswag.py, the app) loads; it holds no optimizer,
     so train_gpt2.py cannot resume it."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     checkpoint = {"model": pruned.state_dict(), "config": dataclasses.asdict(pruned.config), "step": step,

@@ -398,14 +398,8 @@ class GPT(nn.Module):
             else:
                 logits, _ = self(idx[:, -block_size:], last_only=True)
 
-    # nanoGPT's idioms, GPT.from_checkpoint(path) and GPT.from_pretrained("gpt2"), stay; the files are read by
-    # checkpoint.py, which imports this module, so it is imported here, when first needed
-
-    @classmethod
-    def from_checkpoint(cls, path, device="cpu", checkpoint=None):
-        """A model from one of train_gpt2.py's checkpoints, or build-nanogpt's or nanoGPT's (checkpoint.py)."""
-        import checkpoint as checkpoints
-        return checkpoints.model_from_checkpoint(path, device, checkpoint)
+    # nanoGPT's idiom GPT.from_pretrained("gpt2") stays. The files are read by checkpoint.py, which imports this
+    # module: the one import here that points up, made when first called
 
     @classmethod
     def from_pretrained(cls, name_or_path):

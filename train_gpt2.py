@@ -345,8 +345,8 @@ def to_device(rows, device):
 def loss_chunk_rows(vocab_size, device_type):
     """Rows per chunk of the training loss. On CUDA it is computed ~256 MiB of fp32 logits at a time, with no
     (B*T, vocab) tensor (eager cross-entropy holds three fp32 copies, ~37 GiB at B=64, T=1024). On CPU 0: the plain
-    loss, whose losses are bit-identical to earlier runs (the chunked loss equals it, its gradients to float
-    rounding: tests/test_model.py)."""
+    loss, whose losses are bit-identical to earlier runs (the chunked loss equals it to float rounding, and so do
+    its gradients: tests/test_model.py)."""
     if device_type != "cuda":
         return 0
     return max(1, 2**26 // vocab_size)

@@ -27,6 +27,7 @@ import torch
 from dev import bench_hellaswag
 import eval_harness
 import hellaswag
+from checkpoint import model_from_checkpoint
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +93,7 @@ def main():
         os.makedirs(work_dir, exist_ok=True)
         checkpoint, export, task_dir, n = prepare(work_dir, args)
         task_manager = TaskManager(include_path=task_dir, include_defaults=False)
-        ours = eval_harness.GPTLM(GPT.from_checkpoint(checkpoint, args.device), args.device, "fp32", args.batch_size)
+        ours = eval_harness.GPTLM(model_from_checkpoint(checkpoint, args.device), args.device, "fp32", args.batch_size)
         theirs = HFLM(pretrained=export, device=args.device, batch_size=args.batch_size, dtype="float32")
         print(f"{n} examples, {args.n_layer}L/{args.n_head}H/{args.n_embd}C, batch {args.batch_size}, {args.device}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads")

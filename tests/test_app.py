@@ -477,7 +477,7 @@ ARCH_FIELDS = {field.name for field in dataclasses.fields(GPTConfig)}
 @pytest.mark.parametrize("overrides", [dict(layer_heads=[2, 1]),
                                        {k: v for k, v in ARCH.items() if k in ARCH_FIELDS}], ids=["pruned", "arch"])
 def test_other_architectures_generate_what_sample_py_prints(tmp_path, capsys, overrides):
-    """Any config a checkpoint holds goes through GPT.from_checkpoint and model.config, in the app as in sample.py."""
+    """Any config a checkpoint holds goes through checkpoint.model_from_checkpoint and model.config, in the app as in sample.py."""
     import app
     from fineweb import get_tokenizer
     torch.manual_seed(0)

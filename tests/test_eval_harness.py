@@ -16,6 +16,7 @@ import lm_eval  # requirements-dev.txt installs it (via requirements-eval.txt)
 import fineweb
 import hellaswag
 import sample
+from checkpoint import model_from_checkpoint
 from model import ARCHS, GPT, GPTConfig
 from test_hellaswag import FIXTURE, write_jsonl
 
@@ -136,13 +137,13 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_lm_eval_hellaswag_equals_hellaswag_py_harness_style(runs, seed):
     checkpoint, results = runs[seed]
-    ours = hellaswag.evaluate(GPT.from_checkpoint(checkpoint), FIXTURE, "cpu")
+    ours = hellaswag.evaluate(model_from_checkpoint(checkpoint), FIXTURE, "cpu")
     theirs = results["results"]["hellaswag_local"]
     assert theirs["acc,none"] == ours["harness_acc"]
     assert theirs["acc_norm,none"] == ours["harness_acc_norm"]
     assert results["n-samples"]["hellaswag_local"]["effective"] == len(FIXTURE)
     # document by document: the same log-likelihood for every ending, and the same two predictions
-    scores = hellaswag.score_examples(GPT.from_checkpoint(checkpoint), FIXTURE, "cpu")
+    scores = hellaswag.score_examples(model_from_checkpoint(checkpoint), FIXTURE, "cpu")
     for doc in results["samples"]["hellaswag_local"]:
         score = scores[doc["doc_id"]]
         assert [ll for ll, _ in doc["filtered_resps"]] == pytest.approx(score["harness_logprob"], rel=1e-6, abs=1e-6)
@@ -172,7 +173,7 @@ def direct_loglikelihood(model, text, block_size):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_perplexity_task_equals_a_direct_computation(runs, seed):
     checkpoint, results = runs[seed]
-    model = GPT.from_checkpoint(checkpoint).eval()
+    model = model_from_checkpoint(checkpoint).eval()
     assert len(fineweb.get_tokenizer().encode(DOCUMENTS[1])) > 3 * TINY["block_size"]  # several windows
     loglikelihood = sum(direct_loglikelihood(model, text, TINY["block_size"]) for text in DOCUMENTS)
     words = sum(len(re.split(r"\s+", text)) for text in DOCUMENTS)  # lm-eval's word count

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+from checkpoint import model_from_checkpoint
 from model import (ARCHS, FLOPS_CONVENTION, GPT, GPTConfig, RMSNorm, apply_rope, clean_state_dict, flops_per_token,
                    sample_next_token)
 
@@ -247,7 +248,7 @@ def test_checkpoint_round_trip(tmp_path):
     model = tiny_model(seed=3)
     path = tmp_path / "model_00010.pt"
     torch.save({"model": model.state_dict(), "config": asdict(model.config), "step": 10}, path)
-    loaded = GPT.from_checkpoint(str(path)).eval()
+    loaded = model_from_checkpoint(str(path)).eval()
     idx = torch.randint(0, 101, (1, 16))
     assert torch.equal(loaded(idx)[0], model(idx)[0])
 
@@ -331,7 +332,7 @@ def test_loads_a_build_nanogpt_checkpoint(tmp_path):
     path = str(tmp_path / "model_00005.pt")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", BUILD_NANOGPT_SAVER.format(repo=repo, path=path)], check=True)
-    model = GPT.from_checkpoint(path)
+    model = model_from_checkpoint(path)
     assert model.config == GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)
     torch.manual_seed(0)
     expected = GPT(model.config)
@@ -346,7 +347,7 @@ def test_loads_a_nanogpt_checkpoint_with_or_without_biases(tmp_path):
         path = tmp_path / "ckpt.pt"
         torch.save({"model": state, "model_args": model_args, "iter_num": 10, "best_val_loss": torch.tensor(3.0),
                     "config": {"batch_size": 12, "learning_rate": 6e-4, "dataset": "openwebtext"}}, path)
-        loaded = GPT.from_checkpoint(str(path)).eval()
+        loaded = model_from_checkpoint(str(path)).eval()
         idx = torch.randint(0, 101, (1, 16))
         assert torch.equal(loaded(idx)[0], model(idx)[0])
         assert not bias or any(k.endswith("ln_1.bias") for k in loaded.state_dict())
@@ -554,7 +555,7 @@ def test_old_checkpoint_without_arch_fields_is_gpt2(tmp_path):
     model = tiny_model(seed=3)
     path = tmp_path / "model_00001.pt"
     torch.save({"model": model.state_dict(), "config": TINY, "step": 1}, path)  # a config from before --arch
-    loaded = GPT.from_checkpoint(str(path))
+    loaded = model_from_checkpoint(str(path))
     assert loaded.config == GPTConfig(**TINY)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
 
@@ -565,7 +566,7 @@ def test_every_arch_round_trips_through_a_checkpoint(tmp_path, arch):
     model = arch_model(arch, seed=5)
     path = tmp_path / "model_00001.pt"
     torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config), "step": 1}, path)
-    loaded = GPT.from_checkpoint(str(path)).eval()
+    loaded = model_from_checkpoint(str(path)).eval()
     idx = torch.randint(0, 101, (1, 16))
     assert loaded.config == model.config and torch.equal(loaded(idx)[0], model(idx)[0])
 
@@ -594,14 +595,14 @@ def test_layer_heads_round_trip_a_checkpoint_and_old_configs_mean_full_heads(tmp
     model = tiny_model(seed=4, layer_heads=[1, 2])
     path = tmp_path / "model_00001.pt"
     torch.save({"model": model.state_dict(), "config": asdict(model.config)}, path)
-    loaded = GPT.from_checkpoint(str(path)).eval()
+    loaded = model_from_checkpoint(str(path)).eval()
     assert loaded.config.layer_heads == [1, 2]
     idx = torch.randint(0, 101, (1, 16))
     assert torch.equal(loaded(idx)[0], model(idx)[0])
     old = tiny_model(seed=4)
     config = {k: v for k, v in asdict(old.config).items() if k != "layer_heads"}  # written before the field existed
     torch.save({"model": old.state_dict(), "config": config}, path)
-    assert GPT.from_checkpoint(str(path)).config.layer_heads is None
+    assert model_from_checkpoint(str(path)).config.layer_heads is None
 
 
 def test_head_mask_of_ones_is_the_default_path_and_zero_removes_the_head():
