@@ -16,11 +16,8 @@ import codecs
 import os
 import sys
 
-import torch
-
-from checkpoint import load_model, resolve_checkpoint_path
-from fineweb import get_tokenizer  # the repo's one GPT-2 tokenizer, offline-capable
-from hardware import autocast, pick_device, pick_dtype
+# torch, and the modules that import it, are imported in main() once the arguments are parsed: --help and a bad
+# flag answer at once, not after the seconds torch takes to import on a busy machine
 
 EOT = 50256  # <|endoftext|>, which precedes every document in training
 
@@ -86,6 +83,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import torch
+    from checkpoint import load_model, resolve_checkpoint_path
+    from fineweb import get_tokenizer  # the repo's one GPT-2 tokenizer, offline-capable
+    from hardware import autocast, pick_device, pick_dtype
     device = pick_device(args.device)
     enc = get_tokenizer()
     prompt_tokens = encode_prompt(enc, args.prompt)

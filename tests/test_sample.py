@@ -110,3 +110,17 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     assert len(result.stderr.splitlines()) == 1
     empty = run_sample("-c", str(tmp_path))  # a run directory without checkpoints
     assert empty.returncode == 2 and empty.stderr.startswith(f"error: {tmp_path} holds no checkpoints")
+
+
+def test_help_and_a_bad_flag_answer_before_torch_is_imported():
+    """--help and argument errors must not wait for torch's import (seconds on a busy machine)."""
+    code = ("import runpy, sys\n"
+            "for argv in (['--help'], ['-m', 'gpt2', '--top-p', '3']):\n"
+            "    sys.argv = ['sample.py', *argv]\n"
+            "    try:\n"
+            "        runpy.run_path('sample.py', run_name='__main__')\n"
+            "    except SystemExit as e:\n"
+            "        print('exit', e.code, 'torch imported:', 'torch' in sys.modules, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "exit 0 torch imported: False" in result.stderr
+    assert "error: --top-p must be in (0, 1], got 3.0\nexit 2 torch imported: False" in result.stderr
