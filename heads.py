@@ -53,8 +53,7 @@ CURVES = ("importance", "iterative", "ablation", "random")
 # On a CPU the model's chunked loss does that 128 positions at a time (25 MB of logits rather than a whole batch's
 # 100 MB written to memory and read back): measured 1.7x less CPU time per loss on the demo model.
 LOSS_CHUNK_ROWS = 128
-MAX_CPU_WORKERS = 4  # masks evaluated at once on a CPU (see split_threads_among_workers)
-TOKENS_PER_LOSS_FORWARD = 4096  # a loss evaluation's forward holds this many tokens (at least --batch-size windows)
+MAX_CPU_WORKERS = 4  # (mask, batch) pieces computed at once on a CPU (see split_threads_among_workers)
 
 RESULT_KEYS = {
     "source": "the checkpoint file or Hugging Face model analysed",
@@ -140,8 +139,6 @@ class Evaluator:
         self.full_mask = head_presence(model.config).float().to(device)  # 1 for every head the model has
         self.known = {}  # (mask, windows) -> loss: the curves meet the same masks more than once
         self.known_gradients = {}  # (mask, windows) -> |dL/dmask|: the iterative order starts where importance did
-        # a loss needs no per-batch result, so it takes bigger forwards than --batch-size: fewer, larger ops
-        self.loss_batch_size = max(batch_size, TOKENS_PER_LOSS_FORWARD // max(windows.size(1) - 1, 1))
         self.loss_chunk = LOSS_CHUNK_ROWS if device == "cpu" else 0  # 0: the whole logits at once, as on a GPU
 
     def key(self, head_mask, windows):
@@ -157,7 +154,7 @@ class Evaluator:
         windows = self.windows if windows is None else windows
         keys = [self.key(mask, windows) for mask in head_masks]
         todo = {key: mask for key, mask in zip(keys, head_masks) if key not in self.known}
-        parts = list(batches(windows, self.loss_batch_size))
+        parts = list(batches(windows, self.batch_size))
         pieces = self.map(lambda piece: self.batch_loss(*piece), [(mask, *part) for mask in todo.values()
                                                                    for part in parts])
         with tqdm(total=len(set(keys)), initial=len(set(keys)) - len(todo), desc=desc, unit="mask",

@@ -139,18 +139,17 @@ def reference_gradient(model, windows, batch_size, mask):
     return total / n
 
 
-# The fast path adds the same float32 terms in another order (the softmax over the vocabulary in chunks of 128
-# positions, other batch sizes, the windows summed in other groups), so it may differ from the reference by a few
-# float32 roundings (about 6e-8 relative each; measured: up to 1.3e-7). 1e-6 is well above that and well below
-# what a wrong mask or a window left out would change here (2.4e-5 for one head of this random model, 2.4e-4).
+# The fast path takes the head and the softmax over the vocabulary 128 positions at a time, on worker threads.
+# Here that gives the reference's bits, but a CPU's matmul may block a chunk differently from a whole batch and
+# round differently: a few float32 roundings (6e-8 relative each). 1e-6 is well above that and well below what a
+# wrong mask or a window left out changes here (6e-5 for one head of this random model, 2e-4).
 SAME_SUMS_OTHER_ORDER = 1e-6
 
 
 def test_batched_losses_on_two_workers_equal_the_one_mask_reference():
     model = tiny_model(seed=8, n_head=4)
-    windows = random_windows(n=11, seq_len=40)  # 440 positions: several loss chunks, and a short last batch
+    windows = random_windows(n=11, seq_len=48)  # batches of 144 positions (loss chunks of 128 and 16), a short last one
     ev = heads.Evaluator(model, windows, 3, "cpu", "fp32", workers=2)
-    ev.loss_batch_size = 4  # several forwards per mask, as 16k tokens have at the default size
     masks = [ev.mask([]), ev.mask([(0, 1)]), ev.mask([(1, 0), (1, 3), (0, 2)]), ev.mask([(0, h) for h in range(4)])]
     losses = ev.losses(masks + [masks[1]])  # a mask met twice is computed once
     for mask, loss in zip(masks, losses):
