@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
+from checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path, save_checkpoint
 from fineweb import count, get_tokenizer, list_shards, open_shard, save_json_atomically
 from hardware import DTYPES, autocast, pick_device, pick_dtype
 from model import GPT, flops_per_token
@@ -403,8 +403,7 @@ def write_pruned_checkpoint(path, pruned, step, val_loss, info):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     checkpoint = {"model": pruned.state_dict(), "config": dataclasses.asdict(pruned.config), "step": step,
                   "val_loss": val_loss, "pruned": info}
-    torch.save(checkpoint, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    save_checkpoint(path, checkpoint)  # the one atomic writer (fsync, rename)
 
 
 # -----------------------------------------------------------------------------
