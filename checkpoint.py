@@ -226,16 +226,22 @@ HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", 
 
 def download_hf_model(name):
     """config.json and model.safetensors of OpenAI's GPT-2 (a preset name) or of a hub repo OWNER/NAME (what
-    export_hf.py --push-to-hub makes), through the local Hugging Face cache; HF_ENDPOINT picks the hub."""
-    if name not in PRESETS and not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+    export_hf.py --push-to-hub makes), optionally at a revision, OWNER/NAME@REVISION (a commit, branch or tag: a
+    Space pins the commit it was made for), through the local Hugging Face cache; HF_ENDPOINT picks the hub."""
+    match = re.fullmatch(r"(?P<repo>[\w.-]+/[\w.-]+|[\w.-]+)(@(?P<revision>[\w.-]+))?", name)
+    if not match or (match["repo"] not in PRESETS and "/" not in match["repo"]):
         raise ValueError(f"'{name}' is neither a local directory, one of {', '.join(PRESETS)}, nor a Hugging Face "
-                         f"repo OWNER/NAME")
+                         f"repo OWNER/NAME (or OWNER/NAME@REVISION)")
     try:
-        from huggingface_hub import snapshot_download
-        return snapshot_download(name, allow_patterns=["config.json", "model.safetensors"])
+        from huggingface_hub import hf_hub_download
+        config = hf_hub_download(match["repo"], "config.json", revision=match["revision"])
+        weights = hf_hub_download(match["repo"], "model.safetensors", revision=match["revision"])
     except Exception as e:
         raise RuntimeError(f"could not download '{name}' from the Hugging Face hub ({type(e).__name__}); "
                            f"offline, pass a local directory with config.json and model.safetensors") from None
+    if os.path.dirname(config) != os.path.dirname(weights):  # the repo got a new commit between the two downloads
+        raise RuntimeError(f"'{name}' changed on the hub while it was downloaded: pin a revision, OWNER/NAME@COMMIT")
+    return os.path.dirname(config)
 
 
 def read_hf_weights(directory):
