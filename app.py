@@ -43,12 +43,28 @@ MAX_SAMPLES = 8  # per request: each is one row of the generation batch
 MAX_PROMPT_CHARS = 100_000  # checked before tokenizing, so a huge paste costs nothing
 TEMPERATURE_MAX = 2.0
 CHECKPOINT_NAME = re.compile(r"model_\d+\.pt")
+# written by export_hf.py --space beside the Space's copy of this file: a Space runs `python app.py` without
+# arguments, and this names the model repo (and the commit) it serves
+SPACE_SETTINGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "space.json")
 
 # -----------------------------------------------------------------------------
 # arguments
 
 
+def space_argv():
+    """The arguments of a Space's app: its model from space.json, at the pinned commit; the address the Space
+    gives (GRADIO_SERVER_NAME/PORT; on a Space without them, 0.0.0.0:7860, where its proxy looks)."""
+    with open(SPACE_SETTINGS) as f:
+        settings = json.load(f)
+    host = os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1")
+    return ["-m", f"{settings['model']}@{settings['revision']}", "--host", host,
+            "--port", os.environ.get("GRADIO_SERVER_PORT", "7860"),
+            "--max-new-tokens", str(settings.get("max_new_tokens", 500))]
+
+
 def parse_args(argv=None):
+    if argv is None and len(sys.argv) == 1 and os.path.isfile(SPACE_SETTINGS):
+        argv = space_argv()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -132,6 +148,16 @@ def describe(model, name):
     extra = "".join(f", {k}={v}" for k, v in arch.items())
     return (f"**{name}**: {model.num_params() / 1e6:.2f}M parameters, {config.n_layer} layers, {config.n_head} "
             f"heads, {config.n_embd} wide, context {config.block_size}{extra}")
+
+
+def model_card_line(model_name):
+    """For a -m model from the hub (a Space's, say): a link to its model card, and the commit it is pinned to."""
+    if not model_name or os.path.isdir(model_name):
+        return None
+    repo, _, revision = model_name.partition("@")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    pinned = f", at commit `{revision[:12]}`" if revision else ""
+    return f"Model card: [{repo}]({endpoint}/{repo}){pinned}"
 
 
 # -----------------------------------------------------------------------------
@@ -465,6 +491,9 @@ def build_app(source, enc, device, dtype, max_new_tokens, refresh):
                               font_mono=["ui-monospace", "monospace"])
     with gr.Blocks(title="GPT-2", analytics_enabled=False) as app:
         gr.Markdown("## Generate")
+        card = model_card_line(source.model_name)
+        if card:
+            gr.Markdown(card, elem_id="model-card")
         with gr.Row():
             checkpoint = gr.Dropdown(names, value=names[0] if names else None, label="model", scale=3,
                                      allow_custom_value=True)  # checked by ModelSource, not by Gradio

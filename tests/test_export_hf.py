@@ -294,7 +294,8 @@ def pushed(tiny_run, hub, tmp_path_factory):
     result = run_in(env, "export_hf.py", tiny_run, out_dir, "--push-to-hub", "someone/tiny")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout == (f"wrote {out_dir} from {os.path.join(tiny_run, 'model_00008.pt')} (step 8)\n"
-                             f"pushed {out_dir} to {hub.url}/someone/tiny\n")
+                             f"pushed {out_dir} to {hub.url}/someone/tiny "
+                             f"(commit {hub.repos['someone/tiny']['sha']})\n")
     return env, out_dir
 
 
