@@ -202,3 +202,17 @@ def test_bench_generate_smoke():
     lines = result.stdout.splitlines()
     assert lines[0].startswith("tiny: ") and len(lines) == 3
     assert lines[1].startswith("1 sample(s) x 8 tokens: ") and lines[2].startswith("4 sample(s) x 8 tokens: ")
+
+
+def test_readmes_push_and_space_command_runs_as_printed(hub, tmp_path):
+    """README's line, with the test token's user for YOUR_NAME, in a directory whose log/ holds a checkpoint."""
+    from test_readme import readme_lines
+    line = next(words for words in readme_lines() if words[:2] == ["python", "export_hf.py"] and "--space" in words)
+    line = [word.replace("YOUR_NAME", "someone") for word in line]
+    os.makedirs(tmp_path / "log")
+    save_tiny_checkpoint(str(tmp_path / "log" / "model_00123.pt"))
+    result = subprocess.run([sys.executable, os.path.join(REPO, line[1]), *line[2:]], cwd=tmp_path, text=True,
+                            capture_output=True, env=hub_env(hub.url, tmp_path / "home"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, space_repo = line[line.index("--push-to-hub") + 1], line[line.index("--space") + 1]
+    assert "config.json" in hub.files(model) and "space.json" in hub.files("spaces/" + space_repo)
