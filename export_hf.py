@@ -21,6 +21,13 @@ uploaded as one commit to the Hugging Face repo OWNER/NAME, created if needed. T
 one `hf auth login` saved; huggingface_hub finds it.
 
     python export_hf.py log/ gpt2-ours/ --push-to-hub me/gpt2-ours     # then: python sample.py -m me/gpt2-ours
+
+--space OWNER/NAME then makes a Gradio Space that serves the pushed model: app.py and exactly the modules it
+imports, a requirements.txt (CPU torch), the Space's README.md front matter, and space.json, which names the model
+repo and the commit just pushed; a Space runs `python app.py` without arguments, and app.py loads that commit.
+--space-dir DIR writes the folder to DIR (alone: only that, to look at first).
+
+    python export_hf.py log/ gpt2-ours/ --push-to-hub me/gpt2-ours --space me/gpt2-ours-demo
 """
 
 import argparse
