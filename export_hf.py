@@ -688,6 +688,9 @@ def main(argv=None):
             except RuntimeError as e:
                 raise RuntimeError(f"{e} (the model itself is pushed: {url})") from None
             print(f"pushed the Space to {space_url}: it builds and starts in a few minutes")
+            if args.private:  # the Space reads the model with the token in its environment (a Space secret)
+                print(f"note: {args.push_to_hub} is private: give the Space a secret HF_TOKEN that can read it "
+                      f"(the Space's Settings, Variables and secrets), or it cannot load the model")
     finally:
         if not args.space_dir:
             shutil.rmtree(space_dir, ignore_errors=True)
