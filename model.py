@@ -448,7 +448,10 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                 None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype), None, None)
 
 
-@torch.compiler.disable  # a loop over chunks and a hand-written backward: eager, outside any compiled graph
+# eager, outside any compiled graph: a loop over chunks and a hand-written backward. torch._disable_dynamo is
+# torch.compiler.disable with its import of torch._dynamo (about a second of every script's start-up, compiled or
+# not) put off until the first call; torch uses it for the same reason (Optimizer.zero_grad)
+@torch._disable_dynamo
 def chunked_cross_entropy(h, weight, targets, rows):
     return ChunkedCrossEntropy.apply(h, weight, targets, rows)
 

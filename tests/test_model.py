@@ -1,5 +1,7 @@
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -658,6 +660,34 @@ def test_chunked_loss_equals_cross_entropy_and_its_gradients(rows):
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-7, msg=name)
     with torch.no_grad():
         assert model(x, y, loss_chunk=rows)[1].item() == pytest.approx(loss.item(), rel=0, abs=tolerance)
+
+
+def test_the_chunked_loss_runs_eagerly_inside_a_compiled_model_and_costs_no_import():
+    """CUDA runs compile the model with the chunked loss inside: torch.compile must leave the chunk loop out of its
+    graph (one graph break, at the call) and give the eager loss and gradients. aot_eager: the same tracing, without
+    inductor's slow CPU code generation. Importing model.py must not import torch._dynamo (a second of start-up for
+    every script): the disable waits for the first call."""
+    imported = subprocess.run([sys.executable, "-c", "import sys, model; print('torch._dynamo' in sys.modules)"],
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+                              text=True, check=True)
+    assert imported.stdout == "False\n"
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=32))
+    x, y = torch.randint(0, 512, (4, 64)), torch.randint(0, 512, (4, 64))
+    expected = model(x, y)[1]
+    expected.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    loss = torch.compile(model, backend="aot_eager")(x, y, loss_chunk=100)[1]
+    loss.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=0, abs=2e-6)  # as in the test above: an ulp or two
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert sum(counters["graph_break"].values()) == 1 and "chunked_cross_entropy" in str(counters["graph_break"])
 
 
 def save_random_hf_llama(directory, tie=True, **overrides):
