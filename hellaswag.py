@@ -26,7 +26,6 @@ import tempfile
 import time
 
 import numpy as np
-import requests
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -60,6 +59,7 @@ def download_split(split, cache_dir, base_url=OFFICIAL_URL):
     """Fetch hellaswag_{split}.jsonl into cache_dir and return its examples. The file appears only once it is
     complete and parses (and, from the official URL, has the published number of examples), so the cache never
     holds a partial file."""
+    import requests  # here, not at the top: a fifth of a second of every start of this and train_gpt2.py
     filename = split_filename(split)
     url = f"{base_url.rstrip('/')}/{filename}"
     path = os.path.join(cache_dir, filename)
