@@ -1,9 +1,11 @@
 """
 The architecture study of README's "Studies: architectures and Post-LN", on the --demo corpus
-(`python fineweb.py --demo`), on CPU. Each run is `python train_gpt2.py --demo ...` as a subprocess, one at a time.
+(`python fineweb.py --demo`), on CPU; or at GPT-2 124M's shape on a GPU (--preset gpt2-124m). Each run is
+`python train_gpt2.py --demo ...` (or the 124M flags) as a subprocess, --jobs at a time.
 
     python -m dev.study_arch recipes     # gpt2/AdamW/cosine vs llama vs modern vs modern+Muon+WSD, 3 seeds each
     python -m dev.study_arch postln      # Post-LN vs Pre-LN: LR {1x, 3x, 10x} x warmup {0, default} x 3 seeds
+    python -m dev.study_arch postln --preset gpt2-124m --data-dir DIR --seeds 1 2 --jobs 4   # 12 layers, T=1024
 
 Recipes: final val loss (mean ± std over seeds), step time against gpt2's (median dt of each run's steps, mean
 over seeds), and the first evaluated step at which each run's val loss reaches gpt2's mean final val loss.
@@ -28,28 +30,45 @@ RECIPES = {  # name -> train_gpt2.py flags on top of --demo
     "modern": ["--arch", "modern"],
     "modern+muon+wsd": ["--arch", "modern", "--optimizer", "muon", "--schedule", "wsd"],
 }
-DEMO_LR, DEMO_MIN_LR, DEMO_WARMUP = 3e-3, 3e-4, 20  # train_gpt2.DEMO_PRESET's, scaled together below
+# the base of every run: train_gpt2.py flags, the LRs the postln study scales together, its default warmup, steps
+# and val tokens. demo: train_gpt2.py's --demo preset (4 layers, 64 wide, T=64) for a CPU. gpt2-124m: GPT-2 124M's
+# shape (12 layers, 768 wide, 12 heads, T=1024), 65,536 tokens per step, GPT-2's LR, for a GPU
+PRESETS = {
+    "demo": dict(flags=["--demo"], max_lr=3e-3, min_lr=3e-4, warmup=20, max_steps=150, val_tokens=8192),
+    "gpt2-124m": dict(flags=["--model", "gpt2", "--seq-len", "1024", "--batch-size", "16", "--total-batch-size",
+                             "65536", "--hellaswag-every", "0"], max_lr=6e-4, min_lr=6e-5, warmup=100,
+                      max_steps=300, val_tokens=65536),
+}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("study", choices=["recipes", "postln"], help="which study to run")
-    parser.add_argument("--data-dir", default="demo_shards", help="the --demo shards")
+    parser.add_argument("--preset", default="demo", choices=list(PRESETS), help="the runs' base: demo (CPU) or "
+                        "gpt2-124m (GPU)")
+    parser.add_argument("--data-dir", default="demo_shards", help="the shards (demo: `python fineweb.py --demo`'s)")
     parser.add_argument("--out-dir", default="log/study_arch", help="run directories, JSON and markdown go here")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338, 1339], help="one run per seed")
-    parser.add_argument("--max-steps", type=int, default=150, help="steps per run (the --demo preset's 150)")
+    parser.add_argument("--max-steps", type=int, default=None, help="steps per run (None: the preset's, 150 / 300)")
     parser.add_argument("--eval-every", type=int, default=10, help="steps between val losses")
-    parser.add_argument("--val-tokens", type=int, default=8192, help="val tokens per evaluation (the demo's 8192)")
+    parser.add_argument("--val-tokens", type=int, default=None, help="val tokens per evaluation (None: the "
+                        "preset's, 8192 / 65536)")
     parser.add_argument("--lr-factors", type=float, nargs="+", default=[1.0, 3.0, 10.0], help="postln: x the "
-                        f"demo's --max-lr {DEMO_LR} and --min-lr {DEMO_MIN_LR}")
-    parser.add_argument("--warmups", type=int, nargs="+", default=[0, DEMO_WARMUP], help="postln: --warmup-steps")
+                        "preset's --max-lr and --min-lr (demo 3e-3 and 3e-4, gpt2-124m 6e-4 and 6e-5)")
+    parser.add_argument("--warmups", type=int, nargs="+", default=None, help="postln: --warmup-steps (None: 0 and "
+                        "the preset's, 20 / 100)")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
     parser.add_argument("--collect", action="store_true", help="run nothing: tabulate the runs already done, "
                         "leaving out the ones that are not")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (step times are then measured under "
                         "each other's load too)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    args.max_steps = preset["max_steps"] if args.max_steps is None else args.max_steps
+    args.val_tokens = preset["val_tokens"] if args.val_tokens is None else args.val_tokens
+    args.warmups = [0, preset["warmup"]] if args.warmups is None else args.warmups
+    return args
 
 
 def train(args, name, flags):
@@ -67,9 +86,9 @@ def train(args, name, flags):
     for stale in ("log.txt", "metrics.jsonl"):
         if os.path.exists(os.path.join(log_dir, stale)):
             os.remove(os.path.join(log_dir, stale))
-    cmd = [sys.executable, os.path.join(ROOT, "train_gpt2.py"), "--demo", "--data-dir", args.data_dir, "--log-dir",
-           log_dir, "--resume", "none", "--max-steps", str(args.max_steps), "--eval-every", str(args.eval_every),
-           "--val-tokens", str(args.val_tokens),
+    cmd = [sys.executable, os.path.join(ROOT, "train_gpt2.py"), *PRESETS[args.preset]["flags"],
+           "--data-dir", args.data_dir, "--log-dir", log_dir, "--resume", "none", "--max-steps", str(args.max_steps),
+           "--eval-every", str(args.eval_every), "--val-tokens", str(args.val_tokens),
            "--sample-every", "0", "--checkpoint-every", "0"] + flags
     print(" ".join(cmd[1:]), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -84,7 +103,8 @@ def train(args, name, flags):
     result = dict(name=name, flags=flags, returncode=proc.returncode, val=val,
                   final_val=val.get(args.max_steps), start_val=val.get(0),
                   max_norm=max((n for _, n, _ in steps), default=None),
-                  median_dt_ms=statistics.median(dt for s, _, dt in steps if s >= 5) if len(steps) > 5 else None,
+                  median_dt_ms=statistics.median(dt for _, _, dt in steps[min(5, len(steps) // 2):])  # warm ones
+                  if steps else None,
                   params=params, skipped=proc.stderr.count("update skipped"))
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
@@ -134,10 +154,11 @@ def recipes(args):
 
 def postln(args):
     rows, runs = [], {}
+    base_lr, base_min_lr = PRESETS[args.preset]["max_lr"], PRESETS[args.preset]["min_lr"]
     cells = [(position, factor, warmup) for position in ("pre", "post") for factor in args.lr_factors
              for warmup in args.warmups]
     plan = [(f"{position}-lr{factor:g}x-w{warmup}-s{seed}", ["--norm-position", position, "--max-lr",
-             f"{DEMO_LR * factor:g}", "--min-lr", f"{DEMO_MIN_LR * factor:g}", "--warmup-steps", str(warmup),
+             f"{base_lr * factor:g}", "--min-lr", f"{base_min_lr * factor:g}", "--warmup-steps", str(warmup),
              "--seed", str(seed)]) for position, factor, warmup in cells for seed in args.seeds]
     all_results = iter(train_all(args, plan))
     for position, factor, warmup in cells:
@@ -146,7 +167,7 @@ def postln(args):
             continue
         diverged = [r["returncode"] == 3 or r["final_val"] is None or not r["final_val"] <= r["start_val"] for r in results]
         mean, std = mean_std([r["final_val"] for r in results])
-        rows.append(dict(norm_position=position, lr_factor=factor, max_lr=DEMO_LR * factor, warmup=warmup,
+        rows.append(dict(norm_position=position, lr_factor=factor, max_lr=base_lr * factor, warmup=warmup,
                          diverged=sum(diverged), runs=len(results),
                          max_grad_norm=max(r["max_norm"] for r in results if r["max_norm"] is not None),
                          final_val_mean=mean, final_val_std=std, skipped_steps=sum(r["skipped"] for r in results)))
@@ -164,7 +185,8 @@ def postln(args):
 def main(argv=None):
     args = parse_args(argv)
     if not os.path.isdir(args.data_dir):
-        raise FileNotFoundError(f"{args.data_dir} does not exist: run `python fineweb.py --demo` first")
+        raise FileNotFoundError(f"{args.data_dir} does not exist: run `python fineweb.py --demo` first (or, for "
+                                f"--preset gpt2-124m, make shards with fineweb.py)")
     summary, lines = (recipes if args.study == "recipes" else postln)(args)
     summary["command"] = " ".join(["python", "-m", "dev.study_arch"] + (argv if argv is not None else sys.argv[1:]))
     os.makedirs(args.out_dir, exist_ok=True)

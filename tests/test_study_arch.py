@@ -1,0 +1,60 @@
+"""
+dev/study_arch.py in its tiny form: both studies run end to end on the shards the tests write, as docs/studies.md's
+tables were made (python -m dev.study_arch ...), so the scripts stay runnable; and the GPU preset's flags are ones
+train_gpt2.py takes, at GPT-2 124M's shape.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import train_gpt2
+from dev import study_arch
+from test_train_gpt2 import ROOT, environment, write_shards
+
+TINY = ["--seeds", "1", "--max-steps", "4", "--eval-every", "2", "--val-tokens", "512"]
+
+
+def study(*args):
+    result = subprocess.run([sys.executable, "-m", "dev.study_arch", *args], cwd=ROOT, env=environment(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_postln_runs_and_tabulates(tmp_path):
+    data_dir, out_dir = write_shards(tmp_path / "shards"), str(tmp_path / "out")
+    out = study("postln", "--data-dir", data_dir, "--out-dir", out_dir, *TINY, "--lr-factors", "1", "--warmups", "0")
+    with open(os.path.join(out_dir, "postln.json")) as f:
+        summary = json.load(f)
+    rows = summary["rows"]
+    assert [(row["norm_position"], row["max_lr"], row["warmup"], row["runs"]) for row in rows] == [
+        ("pre", 3e-3, 0, 1), ("post", 3e-3, 0, 1)]
+    for row in rows:  # 4 steps of the demo model on learnable shards: no divergence, a real val loss
+        assert row["diverged"] == 0 and 0 < row["final_val_mean"] < 11 and row["max_grad_norm"] > 0
+    assert out.splitlines()[-2].startswith("| pre-LN | 0.003 (1x) | 0 | 0/1 | ")
+    assert open(os.path.join(out_dir, "postln.md")).read().splitlines() == out.splitlines()[-4:]
+    # --collect tabulates the finished runs again without training
+    assert study("postln", "--data-dir", data_dir, "--out-dir", out_dir, *TINY, "--lr-factors", "1", "--warmups", "0",
+                 "--collect").splitlines()[-4:] == out.splitlines()[-4:]
+
+
+def test_recipes_run_and_tabulate(tmp_path):
+    data_dir, out_dir = write_shards(tmp_path / "shards"), str(tmp_path / "out")
+    study("recipes", "--data-dir", data_dir, "--out-dir", out_dir, *TINY, "--jobs", "2")
+    with open(os.path.join(out_dir, "recipes.json")) as f:
+        rows = json.load(f)["rows"]
+    assert [row["recipe"] for row in rows] == list(study_arch.RECIPES)
+    assert rows[0]["step_time_ratio"] == 1.0 and all(row["params"] > 0 for row in rows)
+    assert all(0 < row["final_val_mean"] < 11 for row in rows)
+
+
+def test_the_gpu_preset_is_gpt2_124m_as_train_gpt2_reads_it():
+    preset = study_arch.PRESETS["gpt2-124m"]
+    args = train_gpt2.parse_args(preset["flags"] + ["--data-dir", "shards"])
+    config = train_gpt2.model_config(args)
+    assert (config.n_layer, config.n_head, config.n_embd, config.norm_position) == (12, 12, 768, "pre")
+    assert (args.seq_len, args.total_batch_size, args.batch_size, args.hellaswag_every) == (1024, 65536, 16, 0)
+    plan = study_arch.parse_args(["postln", "--preset", "gpt2-124m"])
+    assert (plan.max_steps, plan.warmups, plan.val_tokens) == (300, [0, 100], 65536)
+    assert [preset["max_lr"] * factor for factor in plan.lr_factors] == [6e-4, 6e-4 * 3, 6e-4 * 10]
