@@ -145,15 +145,20 @@ def hf_documents(dataset, name, text_field, streaming, num_proc):
     batches = ds.select_columns([text_field]).iter(batch_size=1024)
     return (text for batch in batches for text in batch[text_field])
 
-LOCAL_FORMATS = (".jsonl", ".json", ".parquet", ".txt")
+TEXT_FORMATS = (".txt", ".md", ".rst", ".py")  # one document per file: prose, docs, source code
+LOCAL_FORMATS = (".jsonl", ".json", ".parquet") + TEXT_FORMATS
 
 def expand_local_files(patterns):
     paths = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern, recursive=True))
-        if not matches:
+        files = [path for path in matches if not os.path.isdir(path)]  # a '**/*' glob matches folders too
+        if matches and not files:
+            raise ValueError(f"--local-files {pattern!r} names only folders: give the files in them, e.g. "
+                             f"'{os.path.join(matches[0], '**', '*.txt')}'")
+        if not files:
             raise FileNotFoundError(f"no files match --local-files {pattern!r}")
-        paths += matches
+        paths += files
     for path in paths:
         if not path.endswith(LOCAL_FORMATS):
             raise ValueError(f"{path}: unsupported file type; --local-files reads {' '.join(LOCAL_FORMATS)} files")
@@ -179,8 +184,8 @@ def read_text(path):
         return f.read()
 
 def file_documents(path, text_field):
-    """A .txt file is one document; a .jsonl/.json/.parquet file holds one document per record."""
-    if path.endswith(".txt"):
+    """A text file (.txt .md .rst .py) is one document; a .jsonl/.json/.parquet file holds one per record."""
+    if path.endswith(TEXT_FORMATS):
         yield read_text(path)
     elif path.endswith(".parquet"):
         import pyarrow.parquet as pq  # comes with datasets
@@ -593,7 +598,8 @@ if __name__ == "__main__":
     add("--streaming", action="store_true", help="read the dataset as it downloads, without caching it all first")
     corpus = parser.add_mutually_exclusive_group()
     corpus.add_argument("--local-files", nargs="+", metavar="PATH_OR_GLOB",
-                        help=".jsonl/.json/.parquet/.txt files (a .txt file is one document) instead of a download")
+                        help=".jsonl/.json/.parquet files, or text files (.txt .md .rst .py, one document each; "
+                        "quote a glob such as 'src/**/*.py' and it is expanded recursively) instead of a download")
     corpus.add_argument("--demo", action="store_true", help="no network: the Python stdlib's .py files -> demo_shards/")
     corpus.add_argument("--download", metavar="REPO", help="download already tokenized shards (.npy or llm.c .bin) "
                         "from this Hugging Face dataset repository, e.g. kjj0/fineweb10B-gpt2, instead of tokenizing")

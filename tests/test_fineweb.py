@@ -175,6 +175,30 @@ def test_shard_contract_on_local_files(tmp_path):
     assert stream[0] == EOT and (stream == EOT).sum() == len(docs)  # one <|endoftext|> before each document
     assert split_documents(stream) == docs  # decoding the shards gives back the documents
 
+def test_source_code_and_docs_are_one_document_per_file(tmp_path):
+    """A corpus of a machine's own text, e.g. the .py files of its installed packages (what a GPU machine without
+    network can train on): a recursive glob, each file one document, in sorted path order."""
+    files = {"pkg/a.py": "def f():\n    return 'ü'\n", "pkg/sub/b.py": "# comment\nx = 1\n",
+             "pkg/README.md": "# Title\n\nSome *docs*.\n", "pkg/sub/c.rst": "Heading\n=======\n",
+             "pkg/sub/d.so": "not text"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    out_dir = tmp_path / "shards"
+    result = run_fineweb("--local-files", tmp_path / "pkg" / "**" / "*.py", tmp_path / "pkg" / "**" / "*.[mr]*",
+                         "--out-dir", out_dir, "--shard-size", 20)
+    assert result.returncode == 0, result.stderr
+    expected = [files[n] for n in ("pkg/a.py", "pkg/sub/b.py", "pkg/README.md", "pkg/sub/c.rst")]
+    assert split_documents(read_stream(out_dir)) == expected
+    refused = run_fineweb("--local-files", tmp_path / "pkg" / "**" / "*", "--out-dir", tmp_path / "other")
+    assert refused.returncode == 2 and refused.stderr.startswith(f"error: {tmp_path / 'pkg' / 'sub' / 'd.so'}: "
+                                                                 f"unsupported file type; --local-files reads ")
+    folder = run_fineweb("--local-files", tmp_path / "pkg", "--out-dir", tmp_path / "other")
+    assert folder.returncode == 2 and folder.stderr == (f"error: --local-files '{tmp_path / 'pkg'}' names only "
+                                                        f"folders: give the files in them, e.g. "
+                                                        f"'{tmp_path / 'pkg' / '**' / '*.txt'}'\n")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("streaming", [False, True])
 def test_datasets_path_matches_local_files(tmp_path, streaming):
