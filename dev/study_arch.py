@@ -15,15 +15,20 @@ Writes {out}/{study}.json and {out}/{study}.md (the tables README quotes), and t
 """
 
 import argparse
+import collections
 import concurrent.futures
 import json
+import math
 import os
 import re
 import statistics
 import subprocess
 import sys
 
+import train_gpt2
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPIKE_Z = 5.0  # postln: a loss 5 standard deviations above the recent ones is a spike
 RECIPES = {  # name -> train_gpt2.py flags on top of --demo
     "gpt2": ["--arch", "gpt2"],
     "llama": ["--arch", "llama"],
@@ -95,20 +100,33 @@ def train(args, name, flags):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode not in (0, 3):  # 3: stopped on --max-bad-steps, a result of the study
         raise RuntimeError(f"{name} failed with exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
-    steps = [(int(s), float(norm), float(dt)) for s, norm, dt in
-             re.findall(r"^step +(\d+) \| loss \S+ \| lr \S+ \| norm (\S+) \| dt ([\d.]+)ms", proc.stdout, re.M)]
+    steps = [(int(s), float(loss), float(norm), float(dt)) for s, loss, norm, dt in
+             re.findall(r"^step +(\d+) \| loss (\S+) \| lr \S+ \| norm (\S+) \| dt ([\d.]+)ms", proc.stdout, re.M)]
     val = {int(s): float(v) for s, v in re.findall(r"^(\d+) val (\S+)$", open(os.path.join(log_dir, "log.txt")).read(),
                                                    re.M)}
     params = int(re.search(r"\}: ([\d,]+) parameters", proc.stdout).group(1).replace(",", ""))
     result = dict(name=name, flags=flags, returncode=proc.returncode, val=val,
                   final_val=val.get(args.max_steps), start_val=val.get(0),
-                  max_norm=max((n for _, n, _ in steps), default=None),
-                  median_dt_ms=statistics.median(dt for _, _, dt in steps[min(5, len(steps) // 2):])  # warm ones
+                  max_norm=max((n for _, _, n, _ in steps), default=None),
+                  max_norm_step=max(steps, key=lambda step: step[2])[0] if steps else None,
+                  first_spike=first_spike([(s, loss) for s, loss, _, _ in steps]),
+                  median_dt_ms=statistics.median(dt for _, _, _, dt in steps[min(5, len(steps) // 2):])  # warm ones
                   if steps else None,
                   params=params, skipped=proc.stderr.count("update skipped"))
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def first_spike(losses, z_threshold=SPIKE_Z):
+    """The first step whose train loss is a spike by --skip-spikes' own rule (train_gpt2.is_spike against the
+    recent losses), found after the run, so that no update was skipped; None if there is none."""
+    recent = collections.deque(maxlen=train_gpt2.SPIKE_WINDOW)
+    for step, loss in losses:
+        if not math.isfinite(loss) or train_gpt2.is_spike(loss, recent, z_threshold):
+            return step
+        recent.append(loss)
+    return None
 
 
 def train_all(args, runs):
@@ -170,15 +188,22 @@ def postln(args):
         rows.append(dict(norm_position=position, lr_factor=factor, max_lr=base_lr * factor, warmup=warmup,
                          diverged=sum(diverged), runs=len(results),
                          max_grad_norm=max(r["max_norm"] for r in results if r["max_norm"] is not None),
+                         max_grad_norm_steps=[r.get("max_norm_step") for r in results],  # older results lack it
+                         first_spikes=[r.get("first_spike") for r in results],
                          final_val_mean=mean, final_val_std=std, skipped_steps=sum(r["skipped"] for r in results)))
         runs[f"{position}-lr{factor:g}x-w{warmup}"] = results
-    lines = ["| norm | max LR | warmup | diverged | max grad norm | final val (mean ± std) | skipped steps |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"Spike: a train loss {SPIKE_Z:g} standard deviations above the recent ones (--skip-spikes' rule, applied "
+             f"after the run); steps listed per seed.", "",
+             "| norm | max LR | warmup | diverged | max grad norm (at step) | first spike | final val (mean ± std) "
+             "| skipped steps |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         val = "—" if row["final_val_mean"] is None else f"{row['final_val_mean']:.4f}" + (
             f" ± {row['final_val_std']:.4f}" if row["runs"] > 1 else "")
+        at = ", ".join("?" if s is None else str(s) for s in row["max_grad_norm_steps"])
+        spikes = ", ".join("none" if s is None else str(s) for s in row["first_spikes"])
         lines.append(f"| {row['norm_position']}-LN | {row['max_lr']:g} ({row['lr_factor']:g}x) | {row['warmup']} | "
-                     f"{row['diverged']}/{row['runs']} | {row['max_grad_norm']:.2f} | {val} | {row['skipped_steps']} |")
+                     f"{row['diverged']}/{row['runs']} | {row['max_grad_norm']:.2f} ({at}) | {spikes} | {val} | "
+                     f"{row['skipped_steps']} |")
     return dict(rows=rows, runs=runs), lines
 
 

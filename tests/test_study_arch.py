@@ -33,10 +33,13 @@ def test_postln_runs_and_tabulates(tmp_path):
     for row in rows:  # 4 steps of the demo model on learnable shards: no divergence, a real val loss
         assert row["diverged"] == 0 and 0 < row["final_val_mean"] < 11 and row["max_grad_norm"] > 0
     assert out.splitlines()[-2].startswith("| pre-LN | 0.003 (1x) | 0 | 0/1 | ")
-    assert open(os.path.join(out_dir, "postln.md")).read().splitlines() == out.splitlines()[-4:]
+    table = open(os.path.join(out_dir, "postln.md")).read().splitlines()
+    assert len(table) == 6 and table == out.splitlines()[-6:]
+    for row in rows:  # where the largest norm was, and spikes by --skip-spikes' rule (none in 4 steps: too few)
+        assert row["max_grad_norm_steps"][0] in range(4) and row["first_spikes"] == [None]
     # --collect tabulates the finished runs again without training
     assert study("postln", "--data-dir", data_dir, "--out-dir", out_dir, *TINY, "--lr-factors", "1", "--warmups", "0",
-                 "--collect").splitlines()[-4:] == out.splitlines()[-4:]
+                 "--collect").splitlines()[-6:] == table
 
 
 def test_recipes_run_and_tabulate(tmp_path):
@@ -47,6 +50,14 @@ def test_recipes_run_and_tabulate(tmp_path):
     assert [row["recipe"] for row in rows] == list(study_arch.RECIPES)
     assert rows[0]["step_time_ratio"] == 1.0 and all(row["params"] > 0 for row in rows)
     assert all(0 < row["final_val_mean"] < 11 for row in rows)
+
+
+def test_first_spike_is_the_first_loss_far_above_the_recent_ones():
+    steady = [(step, 3.0 + 0.01 * (step % 3)) for step in range(20)]  # mean 3.01, std 0.0082
+    assert study_arch.first_spike(steady) is None
+    assert study_arch.first_spike(steady + [(20, 3.03), (21, 3.2), (22, 9.0)]) == 21  # about 22 standard deviations up
+    assert study_arch.first_spike(steady[:5] + [(5, 30.0)]) is None  # under 10 losses of history: no judgement
+    assert study_arch.first_spike(steady[:5] + [(5, float("nan"))]) == 5  # a non-finite loss is one at once
 
 
 def test_the_gpu_preset_is_gpt2_124m_as_train_gpt2_reads_it():
