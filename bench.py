@@ -306,7 +306,7 @@ def make_train_step(args, compile=None, fused=None, attention="flash", batches=N
 
     # train_gpt2.py's step: its micro-step (forward_backward) and its loss chunks, around them what its loop does
     # in one process on random tokens (no DDP all-reduce, a constant lr, no spike test, no log line)
-    loss_chunk = loss_chunk_rows(args.config.vocab_size, device_type)
+    loss_chunk = loss_chunk_rows(args.config.vocab_size, device_type, args.dtype)
     prefetched = [to_device(batches.next_batch(), device)]
 
     def step():

@@ -342,12 +342,14 @@ def to_device(rows, device):
 # the training step: written once, and run by the loop below, by bench.py and by --batch-size auto's probe
 
 
-def loss_chunk_rows(vocab_size, device_type):
+def loss_chunk_rows(vocab_size, device_type, dtype):
     """Rows per chunk of the training loss. On CUDA it is computed ~256 MiB of fp32 logits at a time, with no
     (B*T, vocab) tensor (eager cross-entropy holds three fp32 copies, ~37 GiB at B=64, T=1024). On CPU 0: the plain
     loss, whose losses are bit-identical to earlier runs (the chunked loss equals it to float rounding, and so do
-    its gradients: tests/test_model.py)."""
-    if device_type != "cuda":
+    its gradients: tests/test_model.py). fp16 takes the plain loss too: the chunked loss makes its gradients in the
+    forward pass, before GradScaler's scale, and fp16 rounds most of them to 0 (the softmax of a 50k vocab divided
+    by the B*T targets is below fp16's 6e-8 for nearly every token)."""
+    if device_type != "cuda" or dtype == "fp16":
         return 0
     return max(1, 2**26 // vocab_size)
 
@@ -370,9 +372,9 @@ def forward_backward(model, x, y, autocast, loss_chunk, grad_accum_steps, scaler
     return loss.detach()
 
 
-def micro_step_probe(raw_model, autocast, config, device_type):
+def micro_step_probe(raw_model, autocast, config, device_type, dtype):
     """What --batch-size auto runs on B random rows: this training micro-step, with its autocast and loss chunks."""
-    loss_chunk = loss_chunk_rows(config.vocab_size, device_type)
+    loss_chunk = loss_chunk_rows(config.vocab_size, device_type, dtype)
     return functools.partial(forward_backward, raw_model, autocast=autocast, loss_chunk=loss_chunk, grad_accum_steps=1)
 
 
@@ -696,13 +698,13 @@ def main(argv=None):
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
     ptdtype = hardware.DTYPES[dtype]
     autocast = hardware.autocast(dtype, device)
-    loss_chunk = loss_chunk_rows(config.vocab_size, device_type)
+    loss_chunk = loss_chunk_rows(config.vocab_size, device_type, dtype)
 
     # the model (its weights resumed before any sharding), its optimizer, and the fp16 loss scaler
     raw_model, optimizer = build_model(args, config, checkpoint, strategy, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
     if probe_batch:
-        probe_step = micro_step_probe(raw_model, autocast, config, device_type)
+        probe_step = micro_step_probe(raw_model, autocast, config, device_type, dtype)
         B, note = memory.auto_micro_batch(raw_model, optimizer, strategy, config, args.total_batch_size, T, dtype,
                                           args.activation_checkpointing, world_size, device, probe_step)
         if master:

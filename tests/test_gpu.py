@@ -118,7 +118,7 @@ def test_chunked_loss_equals_full_cross_entropy_and_its_gradients():
     weight = (0.02 * torch.randn(vocab, dim, device=DEVICE)).requires_grad_()
     targets = torch.randint(0, vocab, (n,), device=DEVICE)
     targets[::7] = -1  # ignored positions, as padding in HellaSwag-style rows
-    rows = train_gpt2.loss_chunk_rows(vocab, "cuda")  # what a CUDA run uses, whatever this device
+    rows = train_gpt2.loss_chunk_rows(vocab, "cuda", "bf16")  # what a CUDA run uses, whatever this device
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on both sides
     try:
@@ -145,7 +145,7 @@ def test_flash_attention_runs_for_the_models_shapes(arch):
     model = GPT(GPTConfig(n_layer=2, n_head=12, n_embd=768, **fields)).to(DEVICE)
     idx = torch.randint(0, 50257, (4, 1024), device=DEVICE)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
-        _, loss = model(idx, idx, loss_chunk=train_gpt2.loss_chunk_rows(model.config.vocab_size, "cuda"))
+        _, loss = model(idx, idx, loss_chunk=train_gpt2.loss_chunk_rows(model.config.vocab_size, "cuda", "bf16"))
         loss.backward()
     assert math.isfinite(loss.item())
 
@@ -265,7 +265,7 @@ def test_batch_size_auto_on_an_emulated_24_gb_card(model_name, checkpointing):
             memory.checkpoint_blocks(model)
         optimizer = model.configure_optimizers(0.1, 6e-4, "cuda")
         autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-        step = train_gpt2.micro_step_probe(model, autocast, config, "cuda")
+        step = train_gpt2.micro_step_probe(model, autocast, config, "cuda", "bf16")
         batch_size, note = memory.auto_micro_batch(model, optimizer, "ddp", config, 524288, 1024, "bf16",
                                                    checkpointing, 1, "cuda", step)
         torch.cuda.reset_peak_memory_stats()

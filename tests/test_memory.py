@@ -13,11 +13,12 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import memory
 import train_gpt2
 from checkpoint import load_checkpoint, model_from_checkpoint
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, chunked_cross_entropy
 from test_train_gpt2 import TINY, TORCHRUN, data_dir, read_log, reference, run  # noqa: F401 (fixtures)
 
 
@@ -213,9 +214,31 @@ def test_the_probe_runs_the_training_micro_step_with_the_cuda_loss_chunk():
     """--batch-size auto sizes B for what CUDA training runs: train_gpt2.forward_backward with the chunked loss
     (loss_chunk_rows on CUDA), not a bare model(x, x) with the full logits, which would pick a smaller B."""
     config = GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16)
-    step = train_gpt2.micro_step_probe(GPT(config), contextlib.nullcontext(), config, "cuda")
+    step = train_gpt2.micro_step_probe(GPT(config), contextlib.nullcontext(), config, "cuda", "bf16")
     assert step.func is train_gpt2.forward_backward
-    assert step.keywords["loss_chunk"] == train_gpt2.loss_chunk_rows(64, "cuda") == 2**26 // 64
+    assert step.keywords["loss_chunk"] == train_gpt2.loss_chunk_rows(64, "cuda", "bf16") == 2**26 // 64
+    fp16 = train_gpt2.micro_step_probe(GPT(config), contextlib.nullcontext(), config, "cuda", "fp16")
+    assert fp16.keywords["loss_chunk"] == 0  # fp16 trains on the plain loss: the probe sizes B for that
+
+
+def test_fp16_trains_on_the_plain_loss_because_the_chunked_one_loses_its_gradients():
+    """The chunked loss makes its gradients in the forward pass, (softmax - onehot) / n_targets cast to the autocast
+    dtype, before GradScaler could scale them; in fp16 nearly all of a large vocab's entries round to 0. Shown
+    here on CPU fp16 autocast, against the fp32 loss: the chunked fp16 gradient of the head is off by ~10%, which
+    is why loss_chunk_rows gives fp16 the plain loss (where the scaled loss keeps them; the same check within 1%)."""
+    torch.manual_seed(0)
+    n, dim, vocab = 4096, 16, 8192
+    h = (torch.randn(n, dim) + 2).requires_grad_()
+    weight = (0.1 * torch.randn(vocab, dim)).requires_grad_()
+    targets = torch.randint(0, 256, (n,))
+    reference = torch.autograd.grad(F.cross_entropy(h @ weight.t(), targets), weight)[0]
+    with torch.autocast("cpu", dtype=torch.float16):
+        chunked = torch.autograd.grad(chunked_cross_entropy(h, weight, targets, 1024), weight)[0]
+        scale = 2.0 ** 16  # what GradScaler multiplies the plain loss by before backward
+        plain = torch.autograd.grad(scale * F.cross_entropy((h @ weight.t()).float(), targets), weight)[0] / scale
+    error = lambda grad: ((grad.float() - reference).norm() / reference.norm()).item()
+    assert error(plain) < 0.01 < 0.05 < error(chunked)
+    assert train_gpt2.loss_chunk_rows(vocab, "cuda", "fp16") == 0 < train_gpt2.loss_chunk_rows(vocab, "cuda", "bf16")
 
 
 # -----------------------------------------------------------------------------
