@@ -184,10 +184,25 @@ def full_state(model, optimizer, strategy):
     return model.state_dict(), optimizer.state_dict()
 
 
+def steps_onto_the_device(optimizer):
+    """ZeroRedundancyOptimizer.load_state_dict puts every 0-dim state (AdamW's step) on the CPU, which the fused
+    and capturable AdamW kernels refuse ("Expected all tensors to be on the same device", pytorch#124133): put
+    them back beside their parameters, in fp32, as torch.optim's own load does for those groups."""
+    for group in optimizer.param_groups:
+        if not (group.get("fused") or group.get("capturable")):
+            continue
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if torch.is_tensor(step):
+                optimizer.state[p]["step"] = step.to(p.device, torch.float32)
+
+
 def load_optimizer_state(model, optimizer, state, strategy):
     """Load a plain optimizer state_dict (from any strategy and world size): each rank keeps its own shard."""
     if strategy != "fsdp":
         optimizer.load_state_dict(state)  # ZeroRedundancyOptimizer takes the full state and keeps its partition
+        if strategy == "zero":
+            steps_onto_the_device(optimizer.optim)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     name_of = {}

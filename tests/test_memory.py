@@ -10,6 +10,7 @@ import copy
 import functools
 import os
 import shutil
+import types
 
 import pytest
 import torch
@@ -219,6 +220,19 @@ def test_the_probe_runs_the_training_micro_step_with_the_cuda_loss_chunk():
     assert step.keywords["loss_chunk"] == train_gpt2.loss_chunk_rows(64, "cuda", "bf16") == 2**26 // 64
     fp16 = train_gpt2.micro_step_probe(GPT(config), contextlib.nullcontext(), config, "cuda", "fp16")
     assert fp16.keywords["loss_chunk"] == 0  # fp16 trains on the plain loss: the probe sizes B for that
+
+
+def test_zero_resume_puts_adamws_steps_back_beside_their_parameters():
+    """ZeroRedundancyOptimizer.load_state_dict leaves AdamW's 0-dim steps on the CPU; fused AdamW on CUDA then
+    fails at its first step. A meta-device parameter stands in for a CUDA one: the step follows it, in fp32, for
+    fused and capturable groups only (the plain for-loop AdamW keeps its CPU step, as torch.optim does)."""
+    fused, plain = torch.nn.Parameter(torch.zeros(2, device="meta")), torch.nn.Parameter(torch.zeros(2, device="meta"))
+    optimizer = types.SimpleNamespace(param_groups=[{"params": [fused], "fused": True},
+                                                    {"params": [plain], "fused": None, "capturable": False}],
+                                      state={fused: {"step": torch.tensor(7.0)}, plain: {"step": torch.tensor(7.0)}})
+    memory.steps_onto_the_device(optimizer)
+    assert optimizer.state[fused]["step"].device.type == "meta" and optimizer.state[fused]["step"].dtype == torch.float32
+    assert optimizer.state[plain]["step"].device.type == "cpu"
 
 
 def test_fp16_trains_on_the_plain_loss_because_the_chunked_one_loses_its_gradients():
