@@ -711,6 +711,8 @@ def main(argv=None):
             print(note)
         train_loader.B = val_loader.B = B
         run_flags["batch_size"] = B
+        if checkpoint:  # its notes compared the flags before the probe chose B
+            resume_notes = check_resume_args(resume_path, checkpoint, run_flags, world_size, checkpoint["step"])
         grad_accum_steps = args.total_batch_size // (B * T * world_size)
         val_batches = max(1, val_windows // B)
 
@@ -805,6 +807,8 @@ def main(argv=None):
 
         # one optimizer step over total_batch_size tokens: grad_accum_steps micro-batches per rank
         t0 = time.time()
+        if step == start_step and device_type == "cuda":  # the memory report's peak is this step's, not the
+            torch.cuda.reset_peak_memory_stats(device)  # --batch-size auto probe's nor the step-0 evals'
         if hooks["kill_at"] == (rank, step):
             os.kill(os.getpid(), signal.SIGKILL)
         if batch is None:

@@ -295,11 +295,26 @@ def test_one_rank_torchrun_trains_as_plain_python(data_dir, tmp_path):
 # 8. --batch-size auto: 124M on the whole GPU; 124M and 350M (activation checkpointing) on an emulated 24 GB card
 
 
-def test_batch_size_auto_on_124m_trains_5_steps(data_dir, tmp_path):
+def test_batch_size_auto_on_124m_trains_5_steps_and_resumes(data_dir, tmp_path):
     cuda_only("--batch-size auto's memory probe")
-    _, out = train(data_dir, tmp_path, "--seq-len", "1024", "--total-batch-size", "524288", "--batch-size", "auto",
-                   "--max-steps", "5", "--compile")
-    assert re.search(r"batch size auto: \d+ rows per micro-step", out), out[:3000]
+    auto = ["--seq-len", "1024", "--total-batch-size", "524288", "--batch-size", "auto", "--no-compile",
+            "--checkpoint-every", "5"]
+    _, out = train(data_dir, tmp_path, *auto, "--max-steps", "5")
+    chosen = re.search(r"batch size auto: (\d+) rows per micro-step", out)
+    assert chosen, out[:3000]
+    _, out = train(data_dir, tmp_path, *auto, "--max-steps", "6")  # resumed: the notes compare the probed B
+    assert "resuming from" in out and "--batch-size" not in "".join(re.findall(r"^note: .*$", out, re.M)), out[:3000]
+
+
+def test_the_memory_reports_peak_is_the_first_steps_own(data_dir, tmp_path):
+    """The report after the first step reads the allocator's peak: a step-0 eval (full logits) must not be in it."""
+    cuda_only("the CUDA allocator's peak")
+    peaks = []
+    for evals in ("0", "1"):
+        _, out = train(data_dir, tmp_path / evals, *SMALL, "--dtype", "bf16", "--no-compile", "--max-steps", "2",
+                       "--eval-every", evals, "--val-tokens", "65536")
+        peaks.append(float(re.search(r"peak allocated ([\d,.]+) MiB", out)[1].replace(",", "")))
+    assert peaks[1] == pytest.approx(peaks[0], rel=0.1), peaks
 
 
 @pytest.mark.parametrize("model_name, checkpointing", [("gpt2", False), ("gpt2-medium", True)])
