@@ -653,7 +653,8 @@ def run_memory_model(args):
                   f"{largest} | {verdict} |")
     print("buffers: DDP's gradient buckets (a second copy of the gradients), FSDP's gathered weights (the root's "
           "and two blocks') and unsharded block gradients; activations: memory.activation_bytes (saved for "
-          "backward, the logits' fp32 copy and gradient at the peak, one recomputed block with checkpointing)")
+          "backward; the CUDA loss's chunk workspace, or under fp16 the plain loss's fp32 logits and their gradient; "
+          "one recomputed block with checkpointing)")
 
 
 # -----------------------------------------------------------------------------

@@ -324,9 +324,7 @@ def auto_micro_batch(model, optimizer, strategy, config, total_batch_size, seq_l
     rows_per_rank = total_batch_size // (seq_len * world_size)
     if strategy == "fsdp":
         total = torch.cuda.get_device_properties(device).total_memory
-        model_dtype = "fp32" if dtype == "fp32" else "bf16"
-        predicted = largest_micro_batch(config, strategy, world_size, seq_len, total, model_dtype,
-                                        activation_checkpointing)
+        predicted = largest_micro_batch(config, strategy, world_size, seq_len, total, dtype, activation_checkpointing)
         batch_size = max(divisors_descending(rows_per_rank, max(predicted, 1)))
         reason = f"the memory model's largest micro-batch for {total / 2**30:.0f} GiB is {predicted}"
     else:
@@ -375,7 +373,16 @@ def parameter_counts(config):
     return model.num_params(), sum(p.numel() for p in model.transformer.h[0].parameters()), linear
 
 
-def saved_activation_bytes(config, batch_size, seq_len, dtype="bf16", activation_checkpointing=False):
+LOSS_CHUNK_ELEMENTS = 2**26  # rows x vocab of one chunk of the CUDA training loss (train_gpt2.loss_chunk_rows)
+
+
+def cuda_loss_is_chunked(dtype):
+    """What train_gpt2.loss_chunk_rows decides on CUDA: the chunked loss, except under fp16 (the plain one)."""
+    return dtype != "fp16"
+
+
+def saved_activation_bytes(config, batch_size, seq_len, dtype="bf16", activation_checkpointing=False,
+                           chunked_loss=False):
     """Bytes autograd keeps for backward after one micro-batch's forward, for this repository's GPT-2 layout (a
     4 x n_embd GELU MLP; other model.py architectures are counted for their parameters, not their activations).
     Per block and token (C = n_embd, flash attention, no dropout): the fp32 residual stream into ln_1 and ln_2
@@ -383,32 +390,46 @@ def saved_activation_bytes(config, batch_size, seq_len, dtype="bf16", activation
     ln_2's output (7C elements), the MLP's fc and gelu outputs (8C): 8C + 15C x 2 = 38C bytes in bf16, 68C in
     fp32. With activation checkpointing a block keeps only its input (4C bytes). The head keeps ln_f's input
     (4C) and output (C in the autocast dtype) and the fp32 log-probabilities of the cross-entropy (4V bytes).
-    Under bf16 autocast the matmuls also keep bf16 copies of their weights (2 bytes per matmul weight)."""
+    Under bf16 autocast the matmuls also keep bf16 copies of their weights (2 bytes per matmul weight).
+    chunked_loss (model.ChunkedCrossEntropy, CUDA): the loss makes its gradients in the forward pass and keeps
+    those instead: the fp32 gradient of ln_f's output (4C per token) and of the head's weight (4VC in all); no
+    log-probabilities, and no low-precision copy of the head's weight."""
     C, V, L = config.n_embd, config.vocab_size, config.n_layer
     low = 4 if dtype == "fp32" else 2
     per_block = 2 * 4 * C + 15 * C * low
     blocks = L * 4 * C if activation_checkpointing else L * per_block
-    per_token = blocks + 4 * C + C * low + 4 * V
+    head = 4 * C + 4 * C if chunked_loss else 4 * C + C * low + 4 * V
     weight_copies = 0
     if dtype != "fp32":
-        weight_copies = 2 * (V * C if activation_checkpointing else parameter_counts(config)[2])
-    return batch_size * seq_len * per_token + weight_copies
+        matmul_weights = 0 if activation_checkpointing else parameter_counts(config)[2] - V * C
+        weight_copies = 2 * (matmul_weights + (0 if chunked_loss else V * C))
+    head_weight_grad = 4 * V * C if chunked_loss else 0
+    return batch_size * seq_len * (blocks + head) + weight_copies + head_weight_grad
 
 
-def activation_bytes(config, batch_size, seq_len, dtype="bf16", activation_checkpointing=False):
+def activation_bytes(config, batch_size, seq_len, dtype="bf16", activation_checkpointing=False, chunked_loss=False):
     """The activation part of the peak: what is saved for backward, plus what is live on top of it at the worst
-    moment: with checkpointing, one block's full set while it is recomputed; and at the start of backward the
-    logits' gradient and the fp32 logits (2 x 4V bytes per token)."""
-    saved = saved_activation_bytes(config, batch_size, seq_len, dtype, activation_checkpointing)
+    moment: with checkpointing, one block's full set while it is recomputed; and for the plain loss, at the start
+    of backward the logits' gradient and the fp32 logits (2 x 4V bytes per token). The chunked loss has no such
+    per-token term: while it runs, ln_f's output (4C per token) and one chunk's logits, fp32 log-probabilities,
+    scaled gradient and its low-precision copy (LOSS_CHUNK_ELEMENTS x (2 x low + 8)), plus a head-weight-sized
+    product and its fp32 copy (VC x (low + 4))."""
+    saved = saved_activation_bytes(config, batch_size, seq_len, dtype, activation_checkpointing, chunked_loss)
     C, V = config.n_embd, config.vocab_size
     low = 4 if dtype == "fp32" else 2
     recompute = (2 * 4 * C + 15 * C * low) if activation_checkpointing else 0
-    return saved + batch_size * seq_len * (recompute + 2 * 4 * V)
+    if not chunked_loss:
+        return saved + batch_size * seq_len * (recompute + 2 * 4 * V)
+    workspace = LOSS_CHUNK_ELEMENTS * (2 * low + 8) + V * C * (low + 4)
+    return saved + batch_size * seq_len * (recompute + 4 * C) + workspace
 
 
-def estimate(config, strategy, world_size, batch_size, seq_len, dtype="bf16", activation_checkpointing=False):
+def estimate(config, strategy, world_size, batch_size, seq_len, dtype="bf16", activation_checkpointing=False,
+             chunked_loss=None):
     """The memory model: bytes per rank for weights, grads, optimizer states (AdamW, fp32 master weights),
-    activations and communication buffers. Weights and states are fp32 whatever the autocast dtype."""
+    activations and communication buffers. Weights and states are fp32 whatever the autocast dtype.
+    chunked_loss None: as CUDA training runs (cuda_loss_is_chunked); False: the plain loss (CPU, fp16)."""
+    chunked_loss = cuda_loss_is_chunked(dtype) if chunked_loss is None else chunked_loss
     (N, per_block, _), W = parameter_counts(config), world_size
     blocks_gathered = 2 * 4 * per_block  # FSDP: the block being computed and the one prefetched
     if strategy == "fsdp":
@@ -419,7 +440,7 @@ def estimate(config, strategy, world_size, batch_size, seq_len, dtype="bf16", ac
         weights, grads = 4 * N, 4 * N
         optimizer = 8 * N // W if strategy == "zero" else 8 * N
         buffers = 4 * N if W > 1 else 0  # DDP's buckets: a second copy of the gradients
-    activations = activation_bytes(config, batch_size, seq_len, dtype, activation_checkpointing)
+    activations = activation_bytes(config, batch_size, seq_len, dtype, activation_checkpointing, chunked_loss)
     return MemoryEstimate(strategy, activation_checkpointing, weights, grads, optimizer, activations, buffers)
 
 
@@ -433,9 +454,11 @@ def usable_bytes(gpu_bytes):
 
 def largest_micro_batch(config, strategy, world_size, seq_len, gpu_bytes, dtype="bf16",
                         activation_checkpointing=False, limit=1024):
-    """The largest micro-batch whose estimate fits in the usable part of gpu_bytes (0: none fits)."""
-    fixed = estimate(config, strategy, world_size, 0, seq_len, dtype, activation_checkpointing).total
-    per_row = activation_bytes(config, 1, seq_len, dtype, activation_checkpointing) - \
-        activation_bytes(config, 0, seq_len, dtype, activation_checkpointing)
+    """The largest micro-batch whose estimate fits in the usable part of gpu_bytes (0: none fits), for CUDA
+    training's loss (chunked unless fp16)."""
+    chunked = cuda_loss_is_chunked(dtype)
+    fixed = estimate(config, strategy, world_size, 0, seq_len, dtype, activation_checkpointing, chunked).total
+    per_row = activation_bytes(config, 1, seq_len, dtype, activation_checkpointing, chunked) - \
+        activation_bytes(config, 0, seq_len, dtype, activation_checkpointing, chunked)
     room = usable_bytes(gpu_bytes) - fixed
     return 0 if room < per_row else min(limit, int(room // per_row))

@@ -259,7 +259,7 @@ def test_fp16_trains_on_the_plain_loss_because_the_chunked_one_loses_its_gradien
 # the memory model against measured tensors
 
 
-def measure_step(config, batch_size, seq_len, dtype, activation_checkpointing):
+def measure_step(config, batch_size, seq_len, dtype, activation_checkpointing, loss_chunk=0):
     """Bytes of the tensors themselves after one forward (saved for backward, found through autograd's saved-
     tensor hooks, distinct storages, parameters excluded; with checkpointing, plus the block inputs the
     checkpoints hold), then weights, gradients and AdamW states after one step."""
@@ -282,7 +282,7 @@ def measure_step(config, batch_size, seq_len, dtype, activation_checkpointing):
     x = torch.randint(0, config.vocab_size, (batch_size, seq_len))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
-        _, loss = model(x, x)
+        _, loss = model(x, x, loss_chunk=loss_chunk)
     activations = sum(saved.values())
     loss.backward()
     optimizer.step()
@@ -293,14 +293,18 @@ def measure_step(config, batch_size, seq_len, dtype, activation_checkpointing):
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("activation_checkpointing", [False, True])
-def test_memory_model_matches_measured_tensors(dtype, activation_checkpointing):
+@pytest.mark.parametrize("chunked_loss", [False, True], ids=["plain-loss", "chunked-loss"])
+def test_memory_model_matches_measured_tensors(dtype, activation_checkpointing, chunked_loss):
     """Weights, gradients and AdamW states exactly; saved activations within 6% (what autograd saves for a few
-    small ops, LayerNorm statistics and attention's log-sum-exp, is left out of the model)."""
+    small ops, LayerNorm statistics and attention's log-sum-exp, is left out of the model). The chunked loss is
+    CUDA's (train_gpt2.loss_chunk_rows); run here on CPU, it saves the same tensors."""
     config = tiny_config(n_layer=3, n_embd=128, n_head=4)
     batch_size, seq_len = 4, 64
-    measured = measure_step(config, batch_size, seq_len, dtype, activation_checkpointing)
-    predicted = memory.estimate(config, "ddp", 1, batch_size, seq_len, dtype, activation_checkpointing)
-    saved = memory.saved_activation_bytes(config, batch_size, seq_len, dtype, activation_checkpointing)
+    measured = measure_step(config, batch_size, seq_len, dtype, activation_checkpointing,
+                            loss_chunk=100 if chunked_loss else 0)
+    predicted = memory.estimate(config, "ddp", 1, batch_size, seq_len, dtype, activation_checkpointing,
+                                chunked_loss=chunked_loss)
+    saved = memory.saved_activation_bytes(config, batch_size, seq_len, dtype, activation_checkpointing, chunked_loss)
     assert measured["weights"] == predicted.weights
     assert measured["grads"] == predicted.grads
     assert measured["optimizer"] == predicted.optimizer
