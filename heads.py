@@ -249,13 +249,16 @@ def head_similarity(model, windows, batch_size, device, dtype, desc=None):
             nh, hs = attn.n_head, attn.head_size
             if nh == 0:
                 return head_inputs.pop(layer, None)
-            pattern = F.normalize(attn.attention[:, :, 1:, :].float(), dim=-1)  # (B, nh, T-1, S): query 0 left out
-            sums["attention"][layer, :nh, :nh] += torch.einsum("bitk,bjtk->ij", pattern, pattern).double().cpu()
-            B, T, _ = head_inputs[layer].shape
-            per_head = head_inputs[layer].float().view(B, T, nh, hs)
-            weight = attn.c_proj.weight.float().view(-1, nh, hs)  # (C, nh, hs): each head's columns
-            contribution = F.normalize(torch.einsum("btnd,cnd->btnc", per_head, weight), dim=-1)
-            sums["output"][layer, :nh, :nh] += torch.einsum("btic,btjc->ij", contribution, contribution).double().cpu()
+            # the hook runs inside the forward's autocast, which would do these einsums in bf16 (8 bits): fp32 here
+            with torch.autocast(attn.c_proj.weight.device.type, enabled=False):
+                pattern = F.normalize(attn.attention[:, :, 1:, :].float(), dim=-1)  # (B, nh, T-1, S): no query 0
+                sums["attention"][layer, :nh, :nh] += torch.einsum("bitk,bjtk->ij", pattern, pattern).double().cpu()
+                B, T, _ = head_inputs[layer].shape
+                per_head = head_inputs[layer].float().view(B, T, nh, hs)
+                weight = attn.c_proj.weight.float().view(-1, nh, hs)  # (C, nh, hs): each head's columns
+                contribution = F.normalize(torch.einsum("btnd,cnd->btnc", per_head, weight), dim=-1)
+                sums["output"][layer, :nh, :nh] += torch.einsum("btic,btjc->ij", contribution,
+                                                                contribution).double().cpu()
             attn.attention = None
             del head_inputs[layer]
         return hook

@@ -61,6 +61,17 @@ def test_identical_heads_have_similarity_one_in_both_definitions():
     assert [(p["layer"], p["heads"]) for p in pairs] == [(1, [0, 2])]
 
 
+def test_similarity_is_summed_in_fp32_under_bf16_autocast():
+    """CUDA's default dtype is bf16, and the hooks run inside the forward's autocast: their einsums must not be
+    bf16 (8 significant bits: a head's similarity with itself came out 0.9966). B x (T-1) = 3 x 99 windows, a
+    count bf16 cannot hold exactly."""
+    model = tiny_model(n_head=4, block_size=128)
+    similarity = heads.head_similarity(model, random_windows(n=3, seq_len=100), 3, "cpu", "bf16")
+    for kind in ("attention", "output"):
+        torch.testing.assert_close(similarity[kind].diagonal(dim1=1, dim2=2), torch.ones(2, 4),
+                                   rtol=0, atol=5e-5, msg=kind)  # fp32 sums of ~3e4 terms: ~1e-5; bf16: 3e-3
+
+
 def test_similarity_leaves_the_model_as_it_was():
     model = tiny_model()
     windows = random_windows()
