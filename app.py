@@ -223,15 +223,19 @@ def generate_stream(model, enc, prompt, max_new_tokens, temperature, top_k, top_
     texts = [""] * num_samples
     t0 = time.perf_counter()
     first_token_s = None
-    with autocast(dtype, device):
-        for n, tokens in enumerate(model.generate_tokens(idx, max_new_tokens, **sampling), 1):
-            for i, token in enumerate(tokens[:, 0].tolist()):
-                texts[i] += decoders[i].decode(enc.decode_single_token_bytes(token))
-            elapsed = time.perf_counter() - t0
-            first_token_s = first_token_s or elapsed
-            if n == max_new_tokens:
-                texts = [text + decoder.decode(b"", final=True) for text, decoder in zip(texts, decoders)]
-            yield render(prompt, texts), dict(tokens=n * num_samples, seconds=elapsed, first_token_s=first_token_s)
+    new_tokens = model.generate_tokens(idx, max_new_tokens, **sampling)
+    for n in range(1, max_new_tokens + 1):
+        # autocast is per thread, and Gradio may run each step of this generator on another of its threads: it is
+        # entered for each token, never held across a yield (the casts are the same, so the tokens are sample.py's)
+        with autocast(dtype, device):
+            tokens = next(new_tokens)
+        for i, token in enumerate(tokens[:, 0].tolist()):
+            texts[i] += decoders[i].decode(enc.decode_single_token_bytes(token))
+        elapsed = time.perf_counter() - t0
+        first_token_s = first_token_s or elapsed
+        if n == max_new_tokens:
+            texts = [text + decoder.decode(b"", final=True) for text, decoder in zip(texts, decoders)]
+        yield render(prompt, texts), dict(tokens=n * num_samples, seconds=elapsed, first_token_s=first_token_s)
 
 
 def format_stats(stats, seed):

@@ -495,6 +495,27 @@ def test_other_architectures_generate_what_sample_py_prints(tmp_path, capsys, ov
     assert text + "\n" == capsys.readouterr().out and stats["tokens"] == 50
 
 
+def test_bf16_generation_survives_each_step_on_another_thread(run_dir, capsys):
+    """Gradio runs each step of a generator on whichever worker thread is free, and autocast is per thread. CUDA's
+    default dtype is bf16: a step on a thread where the autocast of an earlier step was not entered used to mix an
+    fp32 query with bf16 cached keys and fail. Here every step runs on a fresh thread, on CPU bf16 autocast, and
+    the text is sample.py's (which holds one autocast for the whole generation); no thread is left in autocast."""
+    import concurrent.futures
+    import app
+    from fineweb import get_tokenizer
+    model = app.ModelSource(str(run_dir), device="cpu").get("model_00010.pt")
+    steps = app.generate_stream(model, get_tokenizer(), "Once upon a time", 12, 0.9, 20, 1.0, 5, 1, "cpu", "bf16")
+    left_in_autocast, text = [], None
+    for _ in range(12):
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            text, _ = thread.submit(next, steps).result()
+            left_in_autocast.append(thread.submit(torch.is_autocast_enabled, "cpu").result())
+    sample.main(["-c", str(run_dir / "model_00010.pt"), "--prompt", "Once upon a time", "--max-new-tokens", "12",
+                 "--temperature", "0.9", "--top-k", "20", "--seed", "5", "--num-samples", "1", "--device", "cpu",
+                 "--dtype", "bf16"])
+    assert text + "\n" == capsys.readouterr().out and not any(left_in_autocast)
+
+
 def test_a_hugging_face_directory_loads_through_minus_m(tmp_path, run_dir):
     """-m names a hub model or a local HF directory (here export_hf.py's output): one choice, that name."""
     import app
