@@ -62,9 +62,18 @@ def free(device_type):
     bench.free_device_memory(device_type)
 
 
+def fresh_compile_cache():
+    """Each compiled figure from a static graph of its own shapes, as train_gpt2.py compiles one shape: otherwise
+    Dynamo's automatic dynamic shapes make the recompile at the second batch size a dynamic-batch graph, which
+    every later configuration in this process would then run."""
+    import torch._dynamo
+    torch._dynamo.reset()
+
+
 def measure(args, **variant):
     """One configuration timed as `python bench.py` does: ms/step, tokens/s, MFU, peak memory, and the losses of
     the warm-up steps."""
+    fresh_compile_cache()
     step, _, _ = bench.make_train_step(args, **variant)
     losses = [step()[0] for _ in range(max(args.warmup, 1))]  # the first one compiles
     bench.synchronize(args.device_type)
@@ -100,6 +109,7 @@ def part_variants(size, device):
     """bench.py --compare at the smallest batch (bench.run_compare): eager against compiled, foreach against fused
     AdamW, explicit against flash attention, each against the default fast path, in interleaved rounds."""
     args = bench_args(size, device, size["batch_sizes"][0], compare=True, rounds=size["rounds"])
+    fresh_compile_cache()  # its variants are built and warmed up first, then timed: not between them
     comparison = bench.run_compare(args)
     baseline = comparison.names[0]
     ms, _, _ = bench.figures(args, [t for times in comparison.round_times[baseline] for t in times])
@@ -358,6 +368,8 @@ def run_suite(device=None, smoke=False, json_path="bench_suite.json"):
     if not smoke and not device.startswith("cuda"):
         raise ValueError("the suite measures the GPU path: run it on a GPU, or add --smoke for the CPU version")
     size = SIZES["smoke" if smoke else "gpu"]
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # the memory counters and synchronize() read the current GPU: make it this one
     start = time.perf_counter()
     args = bench_args(size, device, size["batch_sizes"][0])
     torch.set_float32_matmul_precision("high")

@@ -279,6 +279,24 @@ def run_suite(*flags):
                           text=True, timeout=600)
 
 
+def test_suite_measures_each_batch_size_with_a_static_graph():
+    """train_gpt2.py compiles one shape; the suite measures B=16, 32, 64 in one process, where Dynamo's automatic
+    dynamic shapes would turn the second compile into a dynamic-batch graph for every later figure. A backend that
+    records the graphs' input shapes shows each measurement compiled for its own, static, batch size."""
+    import torch._dynamo
+    from dev import bench_suite
+    graphs = []
+
+    def record(graph, example_inputs):  # a dynamic graph takes its symbolic sizes as SymInt inputs
+        graphs.append([tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in example_inputs])
+        return graph.forward
+    torch._dynamo.register_backend(record, name="record_shapes")
+    size = {**bench_suite.SIZES["smoke"], "compile": True, "backend": "record_shapes"}
+    for batch_size in (2, 4):
+        bench_suite.measure(bench_suite.bench_args(size, "cpu", batch_size))
+    assert [graph[0] for graph in graphs] == [(2, 64), (4, 64)], graphs  # each batch size compiled, static
+
+
 @pytest.mark.slow
 def test_suite_smoke_runs_every_part_and_writes_markdown_and_json(tmp_path):
     json_path = tmp_path / "suite.json"
