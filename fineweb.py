@@ -475,13 +475,20 @@ def download_shards(repo, out_dir, revision=None, max_shards=None, workers=8, ve
     if verbose:
         print(f"{repo}@{commit[:12]}: {len(shards)} shards, {len(shards) - len(todo)} already here, "
               f"{len(todo)} to download ({needed / 1e9:.2f} GB)")
+    failure = None
     with ThreadPoolExecutor(max(1, workers)) as pool:
         futures = {pool.submit(download_file, repo, commit, *shard, out_dir): shard for shard in todo}
         for future in as_completed(futures):
             name, _, checksum = futures[future]
-            future.result()
+            try:
+                future.result()
+            except Exception as e:  # the others still finish and are recorded, so that a re-run skips them
+                failure = failure or e
+                continue
             progress["files"][name] = list(checksum)  # recorded only once the file is complete and checked
             save_json_atomically(progress_path, progress)
+    if failure is not None:
+        raise failure
     paths = [os.path.join(out_dir, os.path.basename(name)) for name, _, _ in shards]
     if verbose:
         print(f"{out_dir}: {len(paths)} shards ready for train_gpt2.py --data-dir {out_dir}")
