@@ -32,6 +32,7 @@ repo and the commit just pushed; a Space runs `python app.py` without arguments,
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import json
 import os
@@ -425,6 +426,21 @@ def move_into_place(tmp_dir, out_dir):
         os.replace(tmp_dir, out_dir)  # rename() may replace an empty directory
 
 
+@contextlib.contextmanager
+def written_whole(out_dir):
+    """A temporary directory beside out_dir to fill; renamed onto out_dir when the block ends, deleted if it fails."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp")
+    try:
+        yield tmp_dir
+        make_readable(tmp_dir)
+        move_into_place(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+
 def export(checkpoint_path, out_dir, dtype="float32", force=False, repo_id=None, license="mit"):
     """Write the Hugging Face directory for one of our checkpoints; returns the checkpoint's step (or None) and the
     parameters exported (a tied head counts once).
@@ -441,23 +457,15 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False, repo_id=None,
             llama_hf_config(model.config, dtype)
     else:
         hf_state, config_json = to_hf_state_dict(model.state_dict(), DTYPES[dtype]), hf_config(config, dtype)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp")
-    try:
+    n_params = sum(tensor.numel() for tensor in hf_state.values())
+    with written_whole(out_dir) as tmp_dir:
         save_file(hf_state, os.path.join(tmp_dir, "model.safetensors"), metadata={"format": "pt"})
         write_json(os.path.join(tmp_dir, "config.json"), config_json)
         write_json(os.path.join(tmp_dir, "generation_config.json"), {"bos_token_id": EOT, "eos_token_id": EOT})
         write_tokenizer(tmp_dir, config["block_size"])
-        n_params = sum(tensor.numel() for tensor in hf_state.values())
         if repo_id:
             write_card(tmp_dir, repo_id, license, checkpoint_path, checkpoint, model.config, hf_class(model.config),
                        n_params)
-        make_readable(tmp_dir)
-        move_into_place(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return checkpoint.get("step"), n_params
 
 
@@ -614,10 +622,7 @@ def write_space(space_dir, space_id, model_id, revision, license, n_params, forc
         raise ImportError("--space pins the Space to the Gradio it was tested with, and Gradio is not installed: "
                           "pip install -r requirements-app.txt") from None
     check_out_dir(space_dir, force)
-    parent = os.path.dirname(os.path.abspath(space_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(space_dir))}.tmp")
-    try:
+    with written_whole(space_dir) as tmp_dir:
         for name in app_modules():
             shutil.copyfile(os.path.join(HERE, name + ".py"), os.path.join(tmp_dir, name + ".py"))
         with open(os.path.join(tmp_dir, "requirements.txt"), "w") as f:
@@ -625,11 +630,6 @@ def write_space(space_dir, space_id, model_id, revision, license, n_params, forc
         with open(os.path.join(tmp_dir, "README.md"), "w", encoding="utf-8") as f:
             f.write(space_card(space_id, model_id, revision, license, n_params, gradio_version))
         write_json(os.path.join(tmp_dir, "space.json"), {"model": model_id, "revision": revision})
-        make_readable(tmp_dir)
-        move_into_place(tmp_dir, space_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
 
 
 # -----------------------------------------------------------------------------

@@ -377,7 +377,8 @@ LOSS_CHUNK_ELEMENTS = 2**26  # rows x vocab of one chunk of the CUDA training lo
 
 
 def cuda_loss_is_chunked(dtype):
-    """What train_gpt2.loss_chunk_rows decides on CUDA: the chunked loss, except under fp16 (the plain one)."""
+    """CUDA training's loss: chunked, except under fp16 (the plain one; train_gpt2.loss_chunk_rows says why). The
+    one place of this rule: the training step and the memory model both read it."""
     return dtype != "fp16"
 
 

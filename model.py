@@ -448,9 +448,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                 None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype), None, None)
 
 
-# eager, outside any compiled graph: a loop over chunks and a hand-written backward. torch._disable_dynamo is
-# torch.compiler.disable with its import of torch._dynamo (about a second of every script's start-up, compiled or
-# not) put off until the first call; torch uses it for the same reason (Optimizer.zero_grad)
+# eager, outside any compiled graph (a chunk loop, a hand-written backward). torch._disable_dynamo is torch's own
+# lazy torch.compiler.disable: torch._dynamo's import (~1 s of every script's start) waits for the first call
 @torch._disable_dynamo
 def chunked_cross_entropy(h, weight, targets, rows):
     return ChunkedCrossEntropy.apply(h, weight, targets, rows)

@@ -349,9 +349,9 @@ def loss_chunk_rows(vocab_size, device_type, dtype):
     its gradients: tests/test_model.py). fp16 takes the plain loss too: the chunked loss makes its gradients in the
     forward pass, before GradScaler's scale, and fp16 rounds most of them to 0 (the softmax of a 50k vocab divided
     by the B*T targets is below fp16's 6e-8 for nearly every token)."""
-    if device_type != "cuda" or dtype == "fp16":
+    if device_type != "cuda" or not memory.cuda_loss_is_chunked(dtype):  # the memory model reads the same rule
         return 0
-    return max(1, 2**26 // vocab_size)
+    return max(1, memory.LOSS_CHUNK_ELEMENTS // vocab_size)
 
 
 def forward_backward(model, x, y, autocast, loss_chunk, grad_accum_steps, scaler=None, sync=True, loss_factor=None):

@@ -184,34 +184,34 @@ class HubStandIn:
         shutil.copytree(os.path.join(self.root, repo), os.path.join(self.root, ".commits", sha))
         return 200, {"commitUrl": f"{self.url}/{repo}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None}
 
-    def revision_not_found(self, repo, rev):
-        return 404, {"error": f"Invalid rev id: {rev}"}, {"X-Error-Code": "RevisionNotFound"}
-
-    def model_info(self, handler, body, repo, rev=None):
+    def find(self, repo, rev):
+        """(the commit, None) of a repo at a revision, or (None, the hub's 404 answer)."""
         if repo not in self.repos:
-            return self.not_found(repo)
+            return None, self.not_found(repo)
         sha = self.revision(repo, rev)
         if sha is None:
-            return self.revision_not_found(repo, rev)
+            return None, (404, {"error": f"Invalid rev id: {rev}"}, {"X-Error-Code": "RevisionNotFound"})
+        return sha, None
+
+    def model_info(self, handler, body, repo, rev=None):
+        sha, missing = self.find(repo, rev)
+        if missing:
+            return missing
         name = repo.removeprefix("spaces/")
         return 200, {"id": name, "modelId": name, "sha": sha, "private": self.repos[repo]["private"],
                      "siblings": [{"rfilename": path} for path in sorted(self.files(repo, sha))]}
 
     def tree(self, handler, body, repo, rev):
-        if repo not in self.repos:
-            return self.not_found(repo)
-        sha = self.revision(repo, rev)
-        if sha is None:
-            return self.revision_not_found(repo, rev)
+        sha, missing = self.find(repo, rev)
+        if missing:
+            return missing
         return 200, [{"type": "file", "path": path, "size": len(data), "oid": sha1(data)}
                      for path, data in sorted(self.files(repo, sha).items())]
 
     def resolve(self, handler, body, repo, rev, file):
-        if repo not in self.repos:
-            return self.not_found(repo)
-        sha = self.revision(repo, rev)
-        if sha is None:
-            return self.revision_not_found(repo, rev)
+        sha, missing = self.find(repo, rev)
+        if missing:
+            return missing
         data = self.files(repo, sha).get(file)
         if data is None:
             return 404, {"error": f"{file} does not exist"}, {"X-Error-Code": "EntryNotFound"}

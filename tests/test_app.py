@@ -104,18 +104,25 @@ def start_app(source_flags, proxy_url, log_path, extra=()):
                              "--max-new-tokens", str(CAP), "--refresh", "0.5", "--device", "cpu", *extra],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
+    wait_until_serving(proc, url, log_path, "app.py", 180)
+    return proc, url
+
+
+def wait_until_serving(proc, url, log_path, name, seconds):
+    """Until the page at url answers 200; an AssertionError with the log's end if the process exits or the
+    deadline passes (the process is then killed)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # this process: no proxy either
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"app.py exited with {proc.returncode}:\n{open(log_path).read()[-3000:]}")
+            raise AssertionError(f"{name} exited with {proc.returncode}:\n{open(log_path).read()[-3000:]}")
         try:
             if opener.open(url, timeout=5).status == 200:
-                return proc, url
+                return
         except OSError:
             time.sleep(0.3)
     proc.kill()
-    raise AssertionError(f"app.py did not answer within 180 s:\n{open(log_path).read()[-3000:]}")
+    raise AssertionError(f"{name} did not answer within {seconds} s:\n{open(log_path).read()[-3000:]}")
 
 
 def stop_app(proc):

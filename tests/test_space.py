@@ -8,26 +8,17 @@ import modulefinder
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 import torch
 import yaml
 
 from export_hf import GENERATE_SPEED, app_modules
-from test_app import chromium, free_port, stop_app, wait_for
-from test_export_hf import hub_env, run_in, run_script, save_tiny_checkpoint
+from test_app import chromium, free_port, stop_app, wait_for, wait_until_serving
+from test_export_hf import hub, hub_env, run_in, run_script, save_tiny_checkpoint  # noqa: F401 (hub: a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLING = ["--num-samples", "1", "--seed", "3", "--max-new-tokens", "12", "--temperature", "0.9", "--top-k", "40"]
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    from hub_standin import HubStandIn
-    with HubStandIn(tmp_path_factory.mktemp("hub")) as hub:
-        yield hub
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +91,8 @@ def start_space(python, space_dir, env, log_path):
     log = open(log_path, "w")
     proc = subprocess.Popen([python, "app.py"], cwd=space_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the Space exited with {proc.returncode}:\n{open(log_path).read()[-3000:]}")
-        try:
-            if opener.open(url, timeout=5).status == 200:
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise AssertionError(f"the Space did not answer within 240 s:\n{open(log_path).read()[-3000:]}")
+    wait_until_serving(proc, url, log_path, "the Space", 240)
+    return proc, url
 
 
 @pytest.mark.slow
