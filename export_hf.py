@@ -512,8 +512,10 @@ def hub_problem(error, repo_id, endpoint):
 
 
 def push(out_dir, repo_id, private=False, message="export_hf.py", space=False, keep=True):
-    """Upload out_dir to the hub repo repo_id (a Gradio Space with space=True), created if needed, as one commit;
-    returns the repo's URL and the commit. A failure is a RuntimeError whose sentence says what the hub now holds:
+    """Upload out_dir to the hub repo repo_id (a Gradio Space with space=True), created if needed, as one commit
+    after which the repo holds exactly out_dir's files (an earlier push's files that this one lacks, such as a module
+    app.py no longer imports or another layout's weights, are deleted; the hub's .gitattributes stays); returns the
+    repo's URL and the commit. A failure is a RuntimeError whose sentence says what the hub now holds:
     the commit is all or nothing, and a model card is checked before a repo is created, so the only half-made state
     is a new repo that the upload then failed to fill. keep: whether out_dir stays after a failure."""
     from huggingface_hub import HfApi, ModelCard
@@ -532,7 +534,8 @@ def push(out_dir, repo_id, private=False, message="export_hf.py", space=False, k
         kept = f", and {'the Space' if space else 'the export'} is in {out_dir}" if keep else ""
         raise RuntimeError(f"{problem}; nothing was changed on the hub{kept}") from None
     try:
-        commit = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=out_dir, commit_message=message)
+        commit = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=out_dir, commit_message=message,
+                                   delete_patterns="*")
     except Exception as e:
         problem = hub_problem(e, repo_id, api.endpoint)
         if problem is None:

@@ -162,7 +162,8 @@ class HubStandIn:
         return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
 
     def commit(self, handler, body, repo, rev):
-        """NDJSON: a header line, then one {"key": "file", "value": {path, content (base64), encoding}} per file."""
+        """NDJSON: a header line, then one {"key": "file", "value": {path, content (base64), encoding}} per file
+        and one {"key": "deletedFile", "value": {path}} per file to delete."""
         if repo not in self.repos:
             return self.not_found(repo)
         refused = self.refuse_write(handler, repo)
@@ -171,11 +172,16 @@ class HubStandIn:
         if self.commit_status:
             return self.commit_status, {"error": "the stand-in was told to refuse commits"}
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
-        unsupported = [line["key"] for line in lines if line["key"] not in ("header", "file")]
-        if unsupported:  # lfsFile, deletedFile...: the preupload answer never asks for them
+        unsupported = [line["key"] for line in lines if line["key"] not in ("header", "file", "deletedFile")]
+        if unsupported:  # lfsFile, deletedFolder...: the preupload answer and upload_folder never ask for them
             return 400, {"error": f"the stand-in does not take {unsupported}"}
         for line in lines[1:]:
             path = os.path.join(self.root, repo, line["value"]["path"])
+            if line["key"] == "deletedFile":
+                if not os.path.isfile(path):
+                    return 404, {"error": f"{line['value']['path']} does not exist"}
+                os.remove(path)
+                continue
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(base64.b64decode(line["value"]["content"]))

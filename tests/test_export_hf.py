@@ -408,3 +408,18 @@ def test_a_push_that_fails_after_creating_the_repo_says_so(tiny_run, hub, tmp_pa
     assert result.stderr.endswith("; the repo someone/broken was created but holds no files; delete it or push "
                                   "again\n")
     assert hub.files("someone/broken") == {} and hub.repos["someone/broken"]["private"] is True
+
+
+def test_a_push_leaves_the_repo_holding_exactly_the_export(tiny_run, hub, tmp_path):
+    """A second push to a repo whose earlier push had another file (another layout's weights, here): the repo then
+    holds the export's files only, so transformers cannot load the stale one; the earlier commit keeps it."""
+    env, out_dir = hub_env(hub.url, tmp_path / "home"), str(tmp_path / "out")
+    assert run_in(env, "export_hf.py", tiny_run, out_dir, "--push-to-hub", "someone/mirror").returncode == 0
+    upload = ("from huggingface_hub import HfApi; HfApi().upload_file(path_or_fileobj=b'old', "
+              "path_in_repo='pytorch_model.bin', repo_id='someone/mirror')")
+    assert subprocess.run([sys.executable, "-c", upload], env=env, timeout=120).returncode == 0
+    stale_commit = hub.repos["someone/mirror"]["sha"]
+    result = run_in(env, "export_hf.py", tiny_run, out_dir, "--force", "--push-to-hub", "someone/mirror")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(hub.files("someone/mirror")) == sorted(os.listdir(out_dir))
+    assert "pytorch_model.bin" in hub.files("someone/mirror", stale_commit)
