@@ -483,12 +483,7 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
 
 def clean_state_dict(state_dict):
     """Strip the '_orig_mod.' (torch.compile) and 'module.' (DDP) prefixes from keys."""
-    cleaned = {}
-    for key, value in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            key = key.replace(prefix, "")
-        cleaned[key] = value
-    return cleaned
+    return {key.replace("_orig_mod.", "").replace("module.", ""): value for key, value in state_dict.items()}
 
 
 # -----------------------------------------------------------------------------

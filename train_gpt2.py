@@ -13,8 +13,9 @@ Data order. A shard of n tokens holds (n-1)//T windows of T+1 tokens at stride T
 shards in permutation(n_shards, seed, e), and the windows of shard k in permutation(n_windows, seed, e, k), a
 shuffle this file defines (no library version can change it); the epochs follow one another as one endless
 stream of windows. Step s trains on windows [s*W, (s+1)*W) of that stream (W = total_batch_size / T), and
-micro-batch j = micro_step * world_size + rank is the j-th run of B windows in it. A step's data therefore depends on neither the world size nor the
-accumulation split, and the loader's whole state is one number, the stream position.
+micro-batch j = micro_step * world_size + rank is the j-th run of B windows in it. A step's data therefore
+depends on neither the world size nor the accumulation split, and the loader's whole state is one number, the
+stream position.
 
 Checkpoints. log/model_{step:05d}.pt is the state after `step` optimizer steps: checkpoint["step"] is the next
 step to run, and the "{step} val" line of log.txt was measured on the same weights. It is written to a
@@ -330,6 +331,27 @@ class ShardLoader:
         self.position = state["position"]
 
 
+def open_data(args, batch_size):
+    """The train and val loaders, the val windows an evaluation reads, and the run's steps (from --epochs if given);
+    data too small for one step, one val batch or one epoch's step is one FatalError line."""
+    T, windows_per_step = args.seq_len, args.total_batch_size // args.seq_len
+    train_loader = ShardLoader(args.data_dir, "train", batch_size, T, rank, world_size, args.seed, shuffle=True,
+                               vocab_size=args.vocab_size)
+    val_loader = ShardLoader(args.data_dir, "val", batch_size, T, vocab_size=args.vocab_size)
+    if train_loader.windows_per_epoch < windows_per_step:
+        raise FatalError(f"the train shards hold {train_loader.windows_per_epoch * T} tokens, fewer than one step "
+                         f"of --total-batch-size {args.total_batch_size}")
+    val_windows = min(args.val_tokens // T, val_loader.windows_per_epoch)
+    if args.eval_every and val_windows < batch_size:
+        raise FatalError(f"--val-tokens {args.val_tokens} is less than one val batch of {batch_size * T} tokens")
+    max_steps = args.max_steps
+    if args.epochs:
+        max_steps = args.epochs * train_loader.windows_per_epoch // windows_per_step
+        if max_steps == 0:
+            raise FatalError(f"--epochs {args.epochs} is less than one step of {args.total_batch_size} tokens")
+    return train_loader, val_loader, val_windows, max_steps
+
+
 def to_device(rows, device):
     """Host rows (B, T+1) -> inputs and targets on the device. From pinned memory the copy is asynchronous, so
     it overlaps with the GPU work already queued."""
@@ -578,10 +600,11 @@ def check_ranks_start_together(start_step, device):
                          f"one directory shared by all nodes")
 
 
-def loader_state(loader, prefetched_rows):
-    """The loader's state as a checkpoint keeps it: rows prefetched for a step not yet run are read again on resume."""
+def loader_state(loader, prefetched):
+    """The loader's state as a checkpoint keeps it: a micro-batch prefetched (on every rank) for a step not yet run
+    is read again on resume."""
     state = loader.state_dict()
-    state["position"] -= prefetched_rows
+    state["position"] -= loader.B * loader.world_size if prefetched else 0
     return state
 
 
@@ -665,24 +688,10 @@ def main(argv=None):
     B = 1 if probe_batch else resolve_batch_size(args, device_type)
     check_args(args, config, world_size, B)
     grad_accum_steps = args.total_batch_size // (B * T * world_size)
-    windows_per_step = args.total_batch_size // T
 
     # data and the checkpoint to resume from are checked first, so that they fail before the process group forms
-    train_loader = ShardLoader(args.data_dir, "train", B, T, rank, world_size, args.seed, shuffle=True,
-                               vocab_size=args.vocab_size)
-    val_loader = ShardLoader(args.data_dir, "val", B, T, vocab_size=args.vocab_size)
-    if train_loader.windows_per_epoch < windows_per_step:
-        raise FatalError(f"the train shards hold {train_loader.windows_per_epoch * T} tokens, fewer than one step "
-                         f"of --total-batch-size {args.total_batch_size}")
-    val_windows = min(args.val_tokens // T, val_loader.windows_per_epoch)
+    train_loader, val_loader, val_windows, max_steps = open_data(args, B)
     val_batches = val_windows // B
-    if args.eval_every and val_batches == 0:
-        raise FatalError(f"--val-tokens {args.val_tokens} is less than one val batch of {B * T} tokens")
-    max_steps = args.max_steps
-    if args.epochs:
-        max_steps = args.epochs * train_loader.windows_per_epoch // windows_per_step
-        if max_steps == 0:
-            raise FatalError(f"--epochs {args.epochs} is less than one step of {args.total_batch_size} tokens")
     # the flags as this run resolved them (auto's choices made): what a checkpoint records and a resume compares
     run_flags = dict(vars(args), batch_size=B, max_steps=max_steps, dtype=dtype)
     resume_path = resolve_resume(args.resume, args.log_dir)  # the newest in the log dir (auto), a given one, or none
@@ -796,11 +805,10 @@ def main(argv=None):
                 if master:
                     run_log.log(step, "samples", samples=samples)
         if step > start_step and due(args.checkpoint_every, step, max_steps):
-            prefetched_rows = 0 if batch is None else B * world_size
             elapsed_s = state.elapsed_s + time.time() - loop_start
             snapshot = dataclasses.replace(state, step=step, evals_done=True, elapsed_s=elapsed_s)
             write_checkpoint(args.log_dir, snapshot, val_loss, raw_model, optimizer, strategy, scaler, config,
-                             loader_state(train_loader, prefetched_rows), run_flags, device_type,
+                             loader_state(train_loader, batch is not None), run_flags, device_type,
                              args.keep_checkpoints, hooks["checkpoint_sleep"])
         if step == max_steps:
             break
@@ -873,10 +881,9 @@ def main(argv=None):
                            f"stopping. Their updates were skipped; the last checkpoint is {kept[0][1]}. Resume from it "
                            f"with a lower --max-lr, or check the data")
         if stop_votes:
-            prefetched_rows = 0 if batch is None else B * world_size
             snapshot = dataclasses.replace(state, step=step + 1, evals_done=False, elapsed_s=elapsed)
             write_checkpoint(args.log_dir, snapshot, None, raw_model, optimizer, strategy, scaler, config,
-                             loader_state(train_loader, prefetched_rows), run_flags, device_type,
+                             loader_state(train_loader, batch is not None), run_flags, device_type,
                              args.keep_checkpoints, hooks["checkpoint_sleep"])
             signum = stop_signals.received[0] if stop_signals.received else signal.SIGTERM
             if master:
