@@ -284,10 +284,11 @@ def drop_kept_attention(attn, inputs, output):
 # the training step
 
 
-def make_train_step(args, compile=None, fused=None, attention="flash", batches=None, lr=LEARNING_RATE):
+def make_train_step(args, compile=None, fused=None, attention="flash", batches=None, lr=LEARNING_RATE, loss=None):
     """Build a model and optimizer; return (step, raw_model, optimizer). step() runs one optimizer step as
     train_gpt2.py's loop does and returns its loss and gradient norm (before clipping). compile=None means
-    args.compile; fused=None is configure_optimizers' default (fused on CUDA); batches defaults to random tokens."""
+    args.compile; fused=None is configure_optimizers' default (fused on CUDA); batches defaults to random tokens;
+    loss=None is train_gpt2.py's choice here (default_loss), "chunked" or "plain" the other."""
     compile = args.compile if compile is None else compile
     device, device_type = args.device, args.device_type
     torch.manual_seed(args.seed)
@@ -307,6 +308,8 @@ def make_train_step(args, compile=None, fused=None, attention="flash", batches=N
     # train_gpt2.py's step: its micro-step (forward_backward) and its loss chunks, around them what its loop does
     # in one process on random tokens (no DDP all-reduce, a constant lr, no spike test, no log line)
     loss_chunk = loss_chunk_rows(args.config.vocab_size, device_type, args.dtype)
+    if loss is not None and loss != default_loss(args):  # the one that train_gpt2.py does not take here
+        loss_chunk = 0 if loss == "plain" else max(1, memory.LOSS_CHUNK_ELEMENTS // args.config.vocab_size)
     prefetched = [to_device(batches.next_batch(), device)]
 
     def step():
@@ -399,12 +402,18 @@ def figures(args, step_times):
     return ms, tokens_per_sec, mfu
 
 
-def describe(args, compile, fused, attention):
-    """A path in words, e.g. 'compiled (inductor), AdamW fused, flash attention'."""
+def default_loss(args):
+    """The training loss train_gpt2.py takes here: "chunked" (no whole logits; CUDA in bf16/fp32) or "plain"."""
+    return "chunked" if loss_chunk_rows(args.config.vocab_size, args.device_type, args.dtype) else "plain"
+
+
+def describe(args, compile, fused, attention, loss=None):
+    """A path in words, e.g. 'compiled (inductor), AdamW fused, flash attention, chunked loss'."""
     how = args.compile_backend + ("" if args.compile_mode == "default" else f", {args.compile_mode}")
     compiled = f"compiled ({how})" if compile else "eager"
     unfused = "foreach" if args.device_type == "cuda" else "for-loop"  # torch's default when not fused
-    return f"{compiled}, AdamW {'fused' if fused else unfused}, {attention} attention"
+    loss = loss or default_loss(args)
+    return f"{compiled}, AdamW {'fused' if fused else unfused}, {attention} attention, {loss} loss"
 
 
 # -----------------------------------------------------------------------------
@@ -468,9 +477,10 @@ def first_line(error):
 def compare_settings(args):
     """The default fast path for this device first, then variants that each change one thing."""
     fused_default = args.device_type == "cuda"  # configure_optimizers' default, which train_gpt2.py uses
-    baseline = dict(compile=args.compile, fused=fused_default, attention="flash")
+    baseline = dict(compile=args.compile, fused=fused_default, attention="flash", loss=default_loss(args))
+    other_loss = "plain" if baseline["loss"] == "chunked" else "chunked"  # is the chunked loss worth its graph break?
     return [baseline, {**baseline, "compile": not args.compile}, {**baseline, "fused": not fused_default},
-            {**baseline, "attention": "explicit"}]
+            {**baseline, "attention": "explicit"}, {**baseline, "loss": other_loss}]
 
 
 def try_run(failures, name, function, *function_args):
@@ -512,7 +522,7 @@ def run_compare(args):
     steps, warmup_s, failures = {}, {}, {}
     for name, setting in zip(names, settings):
         built = try_run(failures, name, make_train_step, args, setting["compile"], setting["fused"],
-                        setting["attention"])
+                        setting["attention"], None, LEARNING_RATE, setting["loss"])
         if built is not None:
             warmup_s[name] = try_run(failures, name, warm_up, built[0], warmup_steps, args.device_type)
             if name not in failures:

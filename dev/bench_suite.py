@@ -107,7 +107,8 @@ def part_throughput(size, device):
 
 def part_variants(size, device):
     """bench.py --compare at the smallest batch (bench.run_compare): eager against compiled, foreach against fused
-    AdamW, explicit against flash attention, each against the default fast path, in interleaved rounds."""
+    AdamW, explicit against flash attention, the other loss (plain or chunked), each against the default fast path,
+    in interleaved rounds."""
     args = bench_args(size, device, size["batch_sizes"][0], compare=True, rounds=size["rounds"])
     fresh_compile_cache()  # its variants are built and warmed up first, then timed: not between them
     comparison = bench.run_compare(args)

