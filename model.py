@@ -419,27 +419,31 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, rows):
         need_h, need_weight = ctx.needs_input_grad[:2]
-        n_targets = (targets != -1).sum()
+        valid = targets != -1
+        share = valid / valid.sum()  # d(mean loss)/d(each position's loss): 1/n_targets, 0 where ignored
+        picked_targets = targets.clamp(min=0)[:, None]
         grad_h = torch.empty_like(h) if need_h else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        weight_low = None  # the head in the matmuls' dtype, cast once, not once per chunk
         picked = []
+        # vocab-wide work is memory-bound: each pass over a chunk's logits is ~1/4 GiB, so passes are kept few
         for start in range(0, h.size(0), rows):
-            h_rows, t_rows = h[start:start + rows], targets[start:start + rows]
+            h_rows, t_rows = h[start:start + rows], picked_targets[start:start + rows]
             logits = F.linear(h_rows, weight)  # under autocast, in its dtype, as lm_head would be
-            logprobs = F.log_softmax(logits.float(), dim=-1)
-            picked.append(logprobs.gather(1, t_rows.clamp(min=0)[:, None]))
+            logprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # upcast inside the kernel on CUDA
+            picked.append(logprobs.gather(1, t_rows))
             if need_h or need_weight:
                 grad_logits = logprobs.exp_()  # softmax, in place
-                grad_logits[torch.arange(len(t_rows), device=h.device), t_rows.clamp(min=0)] -= 1
-                grad_logits[t_rows == -1] = 0
-                grad_logits = (grad_logits / n_targets).to(logits.dtype)
+                grad_logits.scatter_add_(1, t_rows, torch.full_like(t_rows, -1, dtype=grad_logits.dtype))
+                grad_logits = grad_logits.mul_(share[start:start + rows, None]).to(logits.dtype)
+                weight_low = weight.to(logits.dtype) if weight_low is None else weight_low
                 if need_h:
-                    grad_h[start:start + rows] = grad_logits @ weight.to(logits.dtype)
+                    grad_h[start:start + rows] = grad_logits @ weight_low
                 if need_weight:
                     grad_weight += (grad_logits.t() @ h_rows.to(logits.dtype)).float()
         ctx.save_for_backward(grad_h, grad_weight)
         ctx.weight_dtype = weight.dtype
-        return F.nll_loss(torch.cat(picked), torch.where(targets == -1, -1, 0), ignore_index=-1)
+        return F.nll_loss(torch.cat(picked), torch.where(valid, 0, -1), ignore_index=-1)
 
     @staticmethod
     def backward(ctx, grad_loss):
