@@ -412,16 +412,16 @@ def activation_bytes(config, batch_size, seq_len, dtype="bf16", activation_check
     """The activation part of the peak: what is saved for backward, plus what is live on top of it at the worst
     moment: with checkpointing, one block's full set while it is recomputed; and for the plain loss, at the start
     of backward the logits' gradient and the fp32 logits (2 x 4V bytes per token). The chunked loss has no such
-    per-token term: while it runs, ln_f's output (4C per token) and one chunk's logits, fp32 log-probabilities,
-    scaled gradient and its low-precision copy (LOSS_CHUNK_ELEMENTS x (2 x low + 8)), plus a head-weight-sized
-    product and its fp32 copy (VC x (low + 4))."""
+    per-token term: while it runs, ln_f's output (4C per token) and one chunk's logits, fp32 log-probabilities
+    (made into the scaled gradient in place) and its low-precision copy (LOSS_CHUNK_ELEMENTS x (2 x low + 4)), plus
+    a head-weight-sized product and its fp32 copy (VC x (low + 4))."""
     saved = saved_activation_bytes(config, batch_size, seq_len, dtype, activation_checkpointing, chunked_loss)
     C, V = config.n_embd, config.vocab_size
     low = 4 if dtype == "fp32" else 2
     recompute = (2 * 4 * C + 15 * C * low) if activation_checkpointing else 0
     if not chunked_loss:
         return saved + batch_size * seq_len * (recompute + 2 * 4 * V)
-    workspace = LOSS_CHUNK_ELEMENTS * (2 * low + 8) + V * C * (low + 4)
+    workspace = LOSS_CHUNK_ELEMENTS * (2 * low + 4) + V * C * (low + 4)
     return saved + batch_size * seq_len * (recompute + 4 * C) + workspace
 
 

@@ -424,7 +424,6 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         picked_targets = targets.clamp(min=0)[:, None]
         grad_h = torch.empty_like(h) if need_h else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
-        weight_low = None  # the head in the matmuls' dtype, cast once, not once per chunk
         picked = []
         # vocab-wide work is memory-bound: each pass over a chunk's logits is ~1/4 GiB, so passes are kept few
         for start in range(0, h.size(0), rows):
@@ -436,9 +435,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                 grad_logits = logprobs.exp_()  # softmax, in place
                 grad_logits.scatter_add_(1, t_rows, torch.full_like(t_rows, -1, dtype=grad_logits.dtype))
                 grad_logits = grad_logits.mul_(share[start:start + rows, None]).to(logits.dtype)
-                weight_low = weight.to(logits.dtype) if weight_low is None else weight_low
-                if need_h:
-                    grad_h[start:start + rows] = grad_logits @ weight_low
+                if need_h:  # autocast casts the head weight (a leaf) once per region: F.linear's copy, reused
+                    grad_h[start:start + rows] = grad_logits @ weight
                 if need_weight:
                     grad_weight += (grad_logits.t() @ h_rows.to(logits.dtype)).float()
         ctx.save_for_backward(grad_h, grad_weight)
