@@ -21,6 +21,9 @@ SCALE=${GPU_CHECK_SCALE:-1}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 limit() { python3 -c "print(max(10, int($1 * $SCALE)))"; }
+if ! command -v python >/dev/null 2>&1; then  # peer_bng.sh says `python`; the machine may have python3 only
+    mkdir -p /tmp/gpu_bin && ln -sf "$(command -v python3)" /tmp/gpu_bin/python && export PATH=/tmp/gpu_bin:$PATH
+fi
 
 if ls .gpu/whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu_site \
@@ -68,10 +71,14 @@ for stage in $STAGES; do
             --shard-size 10000000 > "$OUT/corpus.txt" 2>&1
         echo "exit $?; corpus: $SITE/**/*.py" >> "$OUT/corpus.txt"
         du -sh /tmp/site_shards >> "$OUT/corpus.txt" 2>&1 ;;
-    postln)  # issue 22 part 1: Post-LN against Pre-LN at 124M's shape, 2 seeds, 6 runs at a time on the one GPU
-        timeout "$(limit 540)" python3 -m dev.study_arch postln --preset gpt2-124m --data-dir /tmp/site_shards \
-            --seeds 1 2 --jobs 6 --out-dir /tmp/study_arch > "$OUT/postln.txt" 2>&1
+    postln)  # issue 22 part 1: Post-LN against Pre-LN at 124M's shape, 2 seeds, a Pre/Post pair at a time, most
+        # telling runs first (the 24 runs do not fit one call: .gpu/postln.json, an earlier call's, skips its runs)
+        EARLIER=$([ -f .gpu/postln.json ] && echo "--results-from .gpu/postln.json")
+        STUDY="python3 -m dev.study_arch postln --preset gpt2-124m --data-dir /tmp/site_shards --seeds 1 2 --jobs 2
+            --out-dir /tmp/study_arch $EARLIER"
+        timeout "$(limit 540)" $STUDY > "$OUT/postln.txt" 2>&1
         echo "exit $?" >> "$OUT/postln.txt"
+        $STUDY --collect >> "$OUT/postln.txt" 2>&1  # the table of the runs that finished, in postln.json
         cp /tmp/study_arch/postln.json "$OUT/" 2>/dev/null ;;
     *) echo "unknown stage $stage (tests, bench, peer, compare, suite, corpus, postln)" >&2; exit 2 ;;
     esac

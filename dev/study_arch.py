@@ -5,13 +5,16 @@ The architecture study of README's "Studies: architectures and Post-LN", on the 
 
     python -m dev.study_arch recipes     # gpt2/AdamW/cosine vs llama vs modern vs modern+Muon+WSD, 3 seeds each
     python -m dev.study_arch postln      # Post-LN vs Pre-LN: LR {1x, 3x, 10x} x warmup {0, default} x 3 seeds
-    python -m dev.study_arch postln --preset gpt2-124m --data-dir DIR --seeds 1 2 --jobs 4   # 12 layers, T=1024
+    python -m dev.study_arch postln --preset gpt2-124m --data-dir DIR --seeds 1 2 --jobs 2   # 12 layers, T=1024
 
 Recipes: final val loss (mean ± std over seeds), step time against gpt2's (median dt of each run's steps, mean
 over seeds), and the first evaluated step at which each run's val loss reaches gpt2's mean final val loss.
 Post-LN: a run diverged if it stopped on --max-bad-steps (exit 3) or ended with a val loss above its step-0 val
 loss; with the rate of that, the max gradient norm (before clipping) and the final val loss.
 Writes {out}/{study}.json and {out}/{study}.md (the tables README quotes), and the run directories under {out}.
+Post-LN's runs go in the order that matters if time runs out: the first seed of every cell before the second, the
+highest LR and no warmup first, Pre and Post side by side; --collect then tabulates what finished, and
+--results-from a {study}.json written earlier (another machine's, say) skips the runs it holds.
 """
 
 import argparse
@@ -68,6 +71,8 @@ def parse_args(argv=None):
                         "leaving out the ones that are not")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (step times are then measured under "
                         "each other's load too)")
+    parser.add_argument("--results-from", metavar="JSON", default=None, help="a {study}.json written earlier: its "
+                        "runs are taken as done (written to their run directories) and not run again")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     args.max_steps = preset["max_steps"] if args.max_steps is None else args.max_steps
@@ -129,6 +134,19 @@ def first_spike(losses, z_threshold=SPIKE_Z):
     return None
 
 
+def reuse_results(args):
+    """--results-from: each run of an earlier summary becomes its run directory's result.json, unless one is there."""
+    with open(args.results_from) as f:
+        summary = json.load(f)
+    for results in summary["runs"].values():
+        for result in results:
+            result_path = os.path.join(args.out_dir, args.study, result["name"], "result.json")
+            if not os.path.exists(result_path):
+                os.makedirs(os.path.dirname(result_path), exist_ok=True)
+                with open(result_path, "w") as f:
+                    json.dump(result, f, indent=1)
+
+
 def train_all(args, runs):
     """[(name, flags)] -> their results, in order, --jobs at a time."""
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
@@ -175,12 +193,14 @@ def postln(args):
     base_lr, base_min_lr = PRESETS[args.preset]["max_lr"], PRESETS[args.preset]["min_lr"]
     cells = [(position, factor, warmup) for position in ("pre", "post") for factor in args.lr_factors
              for warmup in args.warmups]
-    plan = [(f"{position}-lr{factor:g}x-w{warmup}-s{seed}", ["--norm-position", position, "--max-lr",
-             f"{base_lr * factor:g}", "--min-lr", f"{base_min_lr * factor:g}", "--warmup-steps", str(warmup),
-             "--seed", str(seed)]) for position, factor, warmup in cells for seed in args.seeds]
-    all_results = iter(train_all(args, plan))
+    name = lambda position, factor, warmup, seed: f"{position}-lr{factor:g}x-w{warmup}-s{seed}"
+    order = [(position, factor, warmup, seed) for seed in args.seeds for factor in sorted(args.lr_factors, reverse=True)
+             for warmup in sorted(args.warmups) for position in ("pre", "post")]  # what matters most first
+    plan = [(name(*run), ["--norm-position", run[0], "--max-lr", f"{base_lr * run[1]:g}", "--min-lr",
+             f"{base_min_lr * run[1]:g}", "--warmup-steps", str(run[2]), "--seed", str(run[3])]) for run in order]
+    by_name = {run_name: result for (run_name, _), result in zip(plan, train_all(args, plan))}
     for position, factor, warmup in cells:
-        results = [r for r in (next(all_results) for _ in args.seeds) if r]
+        results = [r for r in (by_name[name(position, factor, warmup, seed)] for seed in args.seeds) if r]
         if not results:
             continue
         diverged = [r["returncode"] == 3 or r["final_val"] is None or not r["final_val"] <= r["start_val"] for r in results]
@@ -212,6 +232,8 @@ def main(argv=None):
     if not os.path.isdir(args.data_dir):
         raise FileNotFoundError(f"{args.data_dir} does not exist: run `python fineweb.py --demo` first (or, for "
                                 f"--preset gpt2-124m, make shards with fineweb.py)")
+    if args.results_from:
+        reuse_results(args)
     summary, lines = (recipes if args.study == "recipes" else postln)(args)
     summary["command"] = " ".join(["python", "-m", "dev.study_arch"] + (argv if argv is not None else sys.argv[1:]))
     os.makedirs(args.out_dir, exist_ok=True)

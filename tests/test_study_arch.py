@@ -40,6 +40,21 @@ def test_postln_runs_and_tabulates(tmp_path):
     # --collect tabulates the finished runs again without training
     assert study("postln", "--data-dir", data_dir, "--out-dir", out_dir, *TINY, "--lr-factors", "1", "--warmups", "0",
                  "--collect").splitlines()[-6:] == table
+    # --results-from: another machine's summary; its runs are not trained again, and the table is the same
+    again = study("postln", "--data-dir", data_dir, "--out-dir", str(tmp_path / "elsewhere"), *TINY, "--lr-factors",
+                  "1", "--warmups", "0", "--results-from", os.path.join(out_dir, "postln.json"))
+    assert "train_gpt2.py" not in again and again.splitlines()[-6:] == table
+
+
+def test_postln_runs_what_matters_first(monkeypatch):
+    # on a GPU with minutes to spare, the runs that finish before a timeout should answer the question: the first
+    # seed of every cell, the 10x LR with no warmup first, Pre and Post side by side (--jobs 2 runs them together)
+    started = []
+    monkeypatch.setattr(study_arch, "train", lambda args, name, flags: started.append(name) or None)
+    study_arch.postln(study_arch.parse_args(["postln", "--preset", "gpt2-124m", "--seeds", "1", "2"]))
+    assert started[:6] == ["pre-lr10x-w0-s1", "post-lr10x-w0-s1", "pre-lr10x-w100-s1", "post-lr10x-w100-s1",
+                           "pre-lr3x-w0-s1", "post-lr3x-w0-s1"]
+    assert len(started) == len(set(started)) == 24 and started[12] == "pre-lr10x-w0-s2"
 
 
 def test_recipes_run_and_tabulate(tmp_path):
