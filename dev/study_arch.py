@@ -42,10 +42,11 @@ RECIPES = {  # name -> train_gpt2.py flags on top of --demo
 # and val tokens. demo: train_gpt2.py's --demo preset (4 layers, 64 wide, T=64) for a CPU. gpt2-124m: GPT-2 124M's
 # shape (12 layers, 768 wide, 12 heads, T=1024), 65,536 tokens per step, GPT-2's LR, for a GPU
 PRESETS = {
-    "demo": dict(flags=["--demo"], max_lr=3e-3, min_lr=3e-4, warmup=20, max_steps=150, val_tokens=8192),
+    "demo": dict(flags=["--demo"], max_lr=3e-3, min_lr=3e-4, warmup=20, max_steps=150, val_tokens=8192,
+                 tokens_per_step=train_gpt2.DEMO_PRESET["total_batch_size"]),
     "gpt2-124m": dict(flags=["--model", "gpt2", "--seq-len", "1024", "--batch-size", "16", "--total-batch-size",
                              "65536", "--hellaswag-every", "0"], max_lr=6e-4, min_lr=6e-5, warmup=100,
-                      max_steps=300, val_tokens=65536),
+                      max_steps=300, val_tokens=65536, tokens_per_step=65536),
 }
 
 
@@ -71,6 +72,10 @@ def parse_args(argv=None):
                         "leaving out the ones that are not")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (step times are then measured under "
                         "each other's load too)")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="recipes: which "
+                        "to run (the first is the one the others are measured against)")
+    parser.add_argument("--checkpoint-at-end", action="store_true", help="keep each run's final checkpoint (for "
+                        "heads.py; the default writes none)")
     parser.add_argument("--results-from", metavar="JSON", default=None, help="a {study}.json written earlier: its "
                         "runs are taken as done (written to their run directories) and not run again")
     args = parser.parse_args(argv)
@@ -99,7 +104,7 @@ def train(args, name, flags):
     cmd = [sys.executable, os.path.join(ROOT, "train_gpt2.py"), *PRESETS[args.preset]["flags"],
            "--data-dir", args.data_dir, "--log-dir", log_dir, "--resume", "none", "--max-steps", str(args.max_steps),
            "--eval-every", str(args.eval_every), "--val-tokens", str(args.val_tokens),
-           "--sample-every", "0", "--checkpoint-every", "0"] + flags
+           "--sample-every", "0", "--checkpoint-every", str(args.max_steps if args.checkpoint_at_end else 0)] + flags
     print(" ".join(cmd[1:]), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -161,30 +166,36 @@ def mean_std(values):
 
 
 def recipes(args):
-    plan = [(f"{name}-s{seed}", flags + ["--seed", str(seed)]) for name, flags in RECIPES.items() for seed in args.seeds]
-    results = iter(train_all(args, plan))
-    runs = {name: [r for r in (next(results) for _ in args.seeds) if r] for name in RECIPES}
+    base = args.recipes[0]  # gpt2 unless told otherwise: the loss and the step time the others are measured against
+    plan = [(f"{name}-s{seed}", RECIPES[name] + ["--seed", str(seed)]) for seed in args.seeds for name in args.recipes]
+    by_name = {run_name: result for (run_name, _), result in zip(plan, train_all(args, plan))}
+    runs = {name: [r for r in (by_name[f"{name}-s{seed}"] for seed in args.seeds) if r] for name in args.recipes}
     runs = {name: results for name, results in runs.items() if results}
-    target = mean_std([r["final_val"] for r in runs["gpt2"]])[0]
-    gpt2_dt = mean_std([r["median_dt_ms"] for r in runs["gpt2"]])[0]
-    rows = []
+    if base not in runs:
+        raise RuntimeError(f"no finished {base} run to measure the others against")
+    target = mean_std([r["final_val"] for r in runs[base]])[0]
+    gpt2_dt = mean_std([r["median_dt_ms"] for r in runs[base]])[0]
+    rows, tokens_per_step = [], PRESETS[args.preset]["tokens_per_step"]
     for name, results in runs.items():
         reached = [next((s for s, v in sorted(r["val"].items()) if v <= target), None) for r in results]
+        step_ms = mean_std([r["median_dt_ms"] for r in results])[0]
         mean, std = mean_std([r["final_val"] for r in results])
         rows.append(dict(recipe=name, flags=" ".join(RECIPES[name]), final_val_mean=mean, final_val_std=std,
                          seeds=[int(r["name"].rsplit("-s", 1)[1]) for r in results],
                          final_vals=[r["final_val"] for r in results], params=results[0]["params"],
-                         step_time_ratio=mean_std([r["median_dt_ms"] for r in results])[0] / gpt2_dt,
-                         steps_to_gpt2_final=reached))
-    lines = [f"Target: gpt2's mean final val loss {target:.4f} at step {args.max_steps}; val every {args.eval_every} "
-             f"steps; the seeds column counts each recipe's runs (seeds from {args.seeds[0]}).", "",
-             "| recipe | seeds | parameters | final val (mean ± std) | step time vs gpt2 | step reaching gpt2's final val |",
-             "|---|---|---|---|---|---|"]
+                         step_time_ratio=step_ms / gpt2_dt, tokens_per_sec=tokens_per_step / (step_ms / 1000),
+                         steps_to_gpt2_final=reached,
+                         tokens_to_gpt2_final=[None if s is None else s * tokens_per_step for s in reached]))
+    lines = [f"Target: {base}'s mean final val loss {target:.4f} at step {args.max_steps} ({tokens_per_step:,} tokens "
+             f"per step); val every {args.eval_every} steps; the seeds column counts each recipe's runs (seeds from "
+             f"{args.seeds[0]}); tokens/s from the median step time (runs side by side share the device).", "",
+             f"| recipe | seeds | parameters | final val (mean ± std) | step time vs {base} | tokens/s | step reaching "
+             f"{base}'s final val |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         reached = ", ".join("never" if s is None else str(s) for s in row["steps_to_gpt2_final"])
         spread = f" ± {row['final_val_std']:.4f}" if len(row["seeds"]) > 1 else " (one run)"
         lines.append(f"| {row['recipe']} | {len(row['seeds'])} | {row['params']:,} | {row['final_val_mean']:.4f}{spread} "
-                     f"| {row['step_time_ratio']:.2f}x | {reached} |")
+                     f"| {row['step_time_ratio']:.2f}x | {row['tokens_per_sec']:,.0f} | {reached} |")
     return dict(target=target, rows=rows, runs=runs), lines
 
 

@@ -64,7 +64,20 @@ def test_recipes_run_and_tabulate(tmp_path):
         rows = json.load(f)["rows"]
     assert [row["recipe"] for row in rows] == list(study_arch.RECIPES)
     assert rows[0]["step_time_ratio"] == 1.0 and all(row["params"] > 0 for row in rows)
-    assert all(0 < row["final_val_mean"] < 11 for row in rows)
+    assert all(0 < row["final_val_mean"] < 11 and row["tokens_per_sec"] > 0 for row in rows)
+    assert all(t is None or t == s * 512 for row in rows  # the demo preset's 512 tokens per step
+               for s, t in zip(row["steps_to_gpt2_final"], row["tokens_to_gpt2_final"]))
+
+
+def test_recipes_at_gpu_scale_run_two_and_keep_their_final_checkpoints(tmp_path):
+    # issue 22 part 2 compares gpt2 with modern+Muon+WSD, and part 3 runs heads.py on the better one's checkpoint
+    data_dir, out_dir = write_shards(tmp_path / "shards"), str(tmp_path / "out")
+    out = study("recipes", "--data-dir", data_dir, "--out-dir", out_dir, *TINY, "--recipes", "gpt2", "modern+muon+wsd",
+                "--checkpoint-at-end")
+    assert [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:] == [
+        "| gpt2", "| modern+muon+wsd"]
+    for name in ("gpt2-s1", "modern+muon+wsd-s1"):
+        assert train_gpt2.find_checkpoints(os.path.join(out_dir, "recipes", name))[-1][0] == 4
 
 
 def test_first_spike_is_the_first_loss_far_above_the_recent_ones():
