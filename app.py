@@ -569,6 +569,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ImportError, OSError, ValueError) as e:
+    except (ImportError, OSError, RuntimeError, ValueError) as e:  # RuntimeError: a -m model the hub cannot give
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

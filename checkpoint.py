@@ -232,11 +232,20 @@ def download_hf_model(name):
     if not match or (match["repo"] not in PRESETS and "/" not in match["repo"]):
         raise ValueError(f"'{name}' is neither a local directory, one of {', '.join(PRESETS)}, nor a Hugging Face "
                          f"repo OWNER/NAME (or OWNER/NAME@REVISION)")
+    # offline (HF_HUB_OFFLINE, or no answer from the hub in 5 s) the local cache alone, at once: a cluster without
+    # internet would otherwise wait through huggingface_hub's half minute of retries and their lines
+    from fineweb import hub_endpoint, hub_is_reachable, offline_env
+    cache_only = offline_env() or not hub_is_reachable()
     try:
         from huggingface_hub import hf_hub_download
-        config = hf_hub_download(match["repo"], "config.json", revision=match["revision"])
-        weights = hf_hub_download(match["repo"], "model.safetensors", revision=match["revision"])
+        config = hf_hub_download(match["repo"], "config.json", revision=match["revision"], local_files_only=cache_only)
+        weights = hf_hub_download(match["repo"], "model.safetensors", revision=match["revision"],
+                                  local_files_only=cache_only)
     except Exception as e:
+        why = "HF_HUB_OFFLINE is set" if offline_env() else f"the hub at {hub_endpoint()} cannot be reached"
+        if cache_only:
+            raise RuntimeError(f"'{name}' is not in the local Hugging Face cache and {why}: pass a local directory "
+                               f"with config.json and model.safetensors (export_hf.py writes one)") from None
         raise RuntimeError(f"could not download '{name}' from the Hugging Face hub ({type(e).__name__}); "
                            f"offline, pass a local directory with config.json and model.safetensors") from None
     if os.path.dirname(config) != os.path.dirname(weights):  # the repo got a new commit between the two downloads

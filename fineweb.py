@@ -30,6 +30,7 @@ import sys
 import sysconfig
 import tempfile
 import urllib.parse
+import urllib.request
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -113,11 +114,16 @@ def hub_endpoint():
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 def hub_is_reachable(timeout=5.0):
-    """One TCP connection to the hub. huggingface_hub itself retries for about half a minute before it gives up."""
+    """One TCP connection to the hub, or to the proxy that HTTPS_PROXY / HTTP_PROXY names for it (a cluster's
+    usual way out, where a direct connection fails). huggingface_hub itself retries for about half a minute."""
     url = urllib.parse.urlsplit(hub_endpoint())
-    port = url.port or (443 if url.scheme == "https" else 80)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        host, port = proxy.hostname, proxy.port or (443 if proxy.scheme == "https" else 80)
     try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError:
         return False
     return True

@@ -463,6 +463,18 @@ def test_bad_command_line_is_a_one_line_error(tmp_path):
                             f"file or a run directory such as log/\n"
 
 
+def test_a_hub_model_that_cannot_be_downloaded_is_a_one_line_error(tmp_path):
+    # as sample.py, hellaswag.py and heads.py say it: offline, -m NAME of a model not in the cache
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens
+    env.pop("HF_HUB_OFFLINE", None)
+    result = subprocess.run([sys.executable, os.path.join(REPO, "app.py"), "-m", "someone/nothing"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == ("error: 'someone/nothing' is not in the local Hugging Face cache and the hub at "
+                             "http://127.0.0.1:9 cannot be reached: pass a local directory with config.json and "
+                             "model.safetensors (export_hf.py writes one)\n")  # at once: no half minute of retries
+
+
 def test_a_run_directory_that_training_has_not_made_yet_is_watched(tmp_path):
     import app
     source = app.ModelSource(str(tmp_path / "log"), device="cpu")  # the app may start before train_gpt2.py

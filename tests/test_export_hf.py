@@ -351,6 +351,9 @@ def test_sample_py_loads_the_pushed_model_by_its_hub_name(pushed, tiny_run):
     ours = run_script("sample.py", "-c", os.path.join(tiny_run, "model_00008.pt"), *args)
     assert theirs.returncode == 0 and ours.returncode == 0, theirs.stderr[-2000:] + ours.stderr[-2000:]
     assert theirs.stdout == ours.stdout
+    # later, offline (a cluster node without internet): the cached model, at once, without the hub's retries
+    offline = run_in({**env, "HF_ENDPOINT": "http://127.0.0.1:9"}, "sample.py", "-m", "someone/tiny", *args)
+    assert offline.returncode == 0 and offline.stdout == ours.stdout and "Retrying" not in offline.stderr
 
 
 def test_model_card_of_a_bare_checkpoint_says_what_is_not_recorded(tmp_path):

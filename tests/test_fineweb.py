@@ -400,6 +400,22 @@ def test_unreachable_hub_falls_back_to_the_cache_and_fails_fast(tmp_path):
     assert_clean_error(result, tmp_path / "out", "the local Hugging Face cache does not hold it", only_line=False)
     assert "--local-files" in result.stderr.splitlines()[-1]
 
+def test_the_hub_probe_goes_through_the_proxy_the_environment_names(monkeypatch):
+    # a cluster reaches the internet through HTTPS_PROXY only: a direct connection fails there, the proxy answers
+    import socket
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    assert not fineweb.hub_is_reachable(timeout=2)
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert fineweb.hub_is_reachable(timeout=2)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the hub is exempt from the proxy: probed directly again
+        assert not fineweb.hub_is_reachable(timeout=2)
+
 def test_download_with_an_unreachable_hub_is_one_line(tmp_path):
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
     result = run_fineweb("--download", "someone/shards", "--out-dir", tmp_path / "out", env=env)
