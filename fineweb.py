@@ -153,6 +153,37 @@ def hf_documents(dataset, name, text_field, streaming, num_proc):
 
 TEXT_FORMATS = (".txt", ".md", ".rst", ".py")  # one document per file: prose, docs, source code
 LOCAL_FORMATS = (".jsonl", ".json", ".parquet") + TEXT_FORMATS
+# a .jsonl.gz, .json.zst, .txt.xz...: corpora ship compressed (C4, Dolma, the Pile), and are read as they are
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+
+
+def uncompressed_name(path):
+    for suffix in COMPRESSIONS:
+        if path.endswith(suffix):
+            return path[:-len(suffix)]
+    return path
+
+
+def open_text(path):
+    """A (possibly compressed) file as text; a stray bad byte is not worth stopping for."""
+    options = dict(encoding="utf-8", errors="replace")
+    if path.endswith(".gz"):
+        import gzip
+        return gzip.open(path, "rt", **options)
+    if path.endswith(".bz2"):
+        import bz2
+        return bz2.open(path, "rt", **options)
+    if path.endswith(".xz"):
+        import lzma
+        return lzma.open(path, "rt", **options)
+    if path.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raise ValueError(f"{path}: reading .zst needs the zstandard package: pip install zstandard") from None
+        import io
+        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True), **options)
+    return open(path, **options)
 
 def expand_local_files(patterns):
     paths = []
@@ -166,18 +197,20 @@ def expand_local_files(patterns):
             raise FileNotFoundError(f"no files match --local-files {pattern!r}")
         paths += files
     for path in paths:
-        if not path.endswith(LOCAL_FORMATS):
-            raise ValueError(f"{path}: unsupported file type; --local-files reads {' '.join(LOCAL_FORMATS)} files")
+        if not uncompressed_name(path).endswith(LOCAL_FORMATS) or uncompressed_name(path).endswith(".parquet") \
+                and path.endswith(COMPRESSIONS):
+            raise ValueError(f"{path}: unsupported file type; --local-files reads {' '.join(LOCAL_FORMATS)} files, "
+                             f"and all but .parquet also compressed as {' '.join(COMPRESSIONS)}")
     return [os.path.abspath(path) for path in paths]
 
 def json_records(path):
-    """The records of a JSON Lines file, or of a .json file holding one list of records."""
-    with open(path, encoding="utf-8") as f:
-        if f.read(4096).lstrip().startswith("["):
-            f.seek(0)
+    """The records of a JSON Lines file, or of a .json file holding one list of records (compressed or not)."""
+    with open_text(path) as f:
+        one_list = f.read(4096).lstrip().startswith("[")
+    with open_text(path) as f:  # opened again rather than seek(0): a compressed stream may not seek back
+        if one_list:
             yield from json.load(f)
             return
-        f.seek(0)
         for number, line in enumerate(f, 1):
             if line.strip():
                 try:
@@ -186,12 +219,21 @@ def json_records(path):
                     raise ValueError(f"{path}:{number} is not a line of JSON ({e})") from None
 
 def read_text(path):
-    with open(path, encoding="utf-8", errors="replace") as f:  # a stray bad byte is not worth stopping for
+    with open_text(path) as f:
         return f.read()
 
+
+def text_of(value, path, where, text_field):
+    """A record's document: its text, or None for a null (an empty record, left out)."""
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"{path}: {where} has a {type(value).__name__} in {text_field!r}, not text; pass the "
+                     f"--text-field that holds the document")
+
 def file_documents(path, text_field):
-    """A text file (.txt .md .rst .py) is one document; a .jsonl/.json/.parquet file holds one per record."""
-    if path.endswith(TEXT_FORMATS):
+    """A text file (.txt .md .rst .py) is one document; a .jsonl/.json/.parquet file holds one per record. A record
+    whose text is null is left out."""
+    if uncompressed_name(path).endswith(TEXT_FORMATS):
         yield read_text(path)
     elif path.endswith(".parquet"):
         import pyarrow.parquet as pq  # comes with datasets
@@ -199,13 +241,20 @@ def file_documents(path, text_field):
         if text_field not in parquet.schema_arrow.names:
             raise ValueError(f"{path} has no field {text_field!r} (it has {parquet.schema_arrow.names}); "
                              f"pass --text-field")
+        row = 0
         for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):  # row group by row group
-            yield from batch.column(0).to_pylist()
+            for value in batch.column(0).to_pylist():
+                row += 1
+                text = text_of(value, path, f"row {row}", text_field)
+                if text is not None:
+                    yield text
     else:
         for number, record in enumerate(json_records(path), 1):
             if not isinstance(record, dict) or text_field not in record:
                 raise ValueError(f"{path}: record {number} has no field {text_field!r}; pass --text-field")
-            yield record[text_field]
+            text = text_of(record[text_field], path, f"record {number}", text_field)
+            if text is not None:
+                yield text
 
 def demo_files():
     """The standard library's own .py files, sorted: a few million tokens of real text that every Python has.
@@ -611,7 +660,8 @@ if __name__ == "__main__":
     add("--streaming", action="store_true", help="read the dataset as it downloads, without caching it all first")
     corpus = parser.add_mutually_exclusive_group()
     corpus.add_argument("--local-files", nargs="+", metavar="PATH_OR_GLOB",
-                        help=".jsonl/.json/.parquet files, or text files (.txt .md .rst .py, one document each; "
+                        help=".jsonl/.json/.parquet files, or text files (.txt .md .rst .py, one document each), "
+                        "all but .parquet also as .gz .bz2 .xz .zst ("
                         "quote a glob such as 'src/**/*.py' and it is expanded recursively) instead of a download")
     corpus.add_argument("--demo", action="store_true", help="no network: the Python stdlib's .py files -> demo_shards/")
     corpus.add_argument("--download", metavar="REPO", help="download already tokenized shards (.npy or llm.c .bin) "

@@ -199,6 +199,51 @@ def test_source_code_and_docs_are_one_document_per_file(tmp_path):
                                                         f"'{tmp_path / 'pkg' / '**' / '*.txt'}'\n")
 
 
+def test_compressed_corpora_and_null_texts_are_read_as_the_plain_files(tmp_path):
+    """C4 and Dolma ship .json.gz, the Pile .jsonl.zst: the same documents as uncompressed files, in the same shards.
+    A null text (an empty record, in JSON or parquet) is left out; a text that is not a string is one error line."""
+    import bz2
+    import gzip
+    import lzma
+    import zstandard
+    (tmp_path / "plain").mkdir()
+    docs, patterns = make_corpus(tmp_path / "plain")
+    plain = run_fineweb("--local-files", *patterns, "--out-dir", tmp_path / "plain_shards", "--shard-size", 100)
+    assert plain.returncode == 0, plain.stderr
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    compressors = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
+                   ".zst": zstandard.ZstdCompressor().compress}
+    names = []
+    for pattern, suffix in zip(patterns[:2] + [patterns[2]] + sorted((tmp_path / "plain").glob("d*.txt")),
+                               [".gz", ".zst", None, ".bz2", ".xz", ".gz", ".zst"] * 10):
+        data = pattern.read_bytes()
+        if pattern.suffix == ".jsonl":  # nulls and a record without text between the documents: left out
+            data = data.replace(b"\n\n", b'\n{"text": null}\n', 1)
+        if pattern.suffix == ".parquet":
+            table = pq.read_table(pattern)
+            pq.write_table(pa.table({"text": table.column("text").to_pylist()[:3] + [None] +
+                                     table.column("text").to_pylist()[3:]}), packed / pattern.name)
+        else:
+            (packed / (pattern.name + suffix)).write_bytes(compressors[suffix](data))
+        names.append(packed / (pattern.name + ("" if pattern.suffix == ".parquet" else suffix)))
+    result = run_fineweb("--local-files", *names, "--out-dir", tmp_path / "packed_shards", "--shard-size", 100)
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(read_stream(tmp_path / "packed_shards"), read_stream(tmp_path / "plain_shards"))
+    (packed / "bad.jsonl.gz").write_bytes(gzip.compress(b'{"text": "ok"}\n{"text": ["a", "list"]}\n'))
+    bad = run_fineweb("--local-files", packed / "bad.jsonl.gz", "--out-dir", tmp_path / "bad")
+    assert_clean_error(bad, tmp_path / "bad", f"{packed / 'bad.jsonl.gz'}: record 2 has a list in 'text', not text")
+    (packed / "c.parquet.gz").write_bytes(b"")
+    refused = run_fineweb("--local-files", packed / "c.parquet.gz", "--out-dir", tmp_path / "bad")
+    assert_clean_error(refused, tmp_path / "bad", "and all but .parquet also compressed as .gz .bz2 .xz .zst")
+
+
+def test_zst_without_zstandard_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # as if it were not installed: import raises ImportError
+    with pytest.raises(ValueError, match=r"reading \.zst needs the zstandard package: pip install zstandard"):
+        fineweb.open_text(str(tmp_path / "corpus.jsonl.zst"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("streaming", [False, True])
 def test_datasets_path_matches_local_files(tmp_path, streaming):
