@@ -45,14 +45,25 @@ torch.serialization.add_safe_globals([PeerGPTConfig])
 
 def checkpoint_config(checkpoint):
     """GPTConfig from our checkpoints ('config' dict), build-nanogpt's ('config' object) or nanoGPT's
-    ('model_args' dict; its bias=False drops the biases of Linears and LayerNorms, as ours does). A field missing
-    from an older checkpoint takes GPT-2's value; keys GPTConfig does not know (nanoGPT's dropout) are ignored."""
+    ('model_args' dict; its bias=False drops the biases of Linears and LayerNorms, as ours does, and its MLP is
+    nn.GELU()'s exact erf, mlp="gelu_exact", where GPT-2 and build-nanogpt use the tanh approximation). A field
+    missing from an older checkpoint takes GPT-2's value; keys GPTConfig does not know (nanoGPT's dropout) are
+    ignored."""
+    nanogpt = "model_args" in checkpoint
     config = checkpoint.get("model_args") or checkpoint["config"]
     config = vars(config) if isinstance(config, PeerGPTConfig) else config
     sizes = ["block_size", "vocab_size", "n_layer", "n_head", "n_embd"]
     if not isinstance(config, dict) or any(name not in config for name in sizes):
         raise ValueError(f"the checkpoint's config {config!r:.200} does not give all of {sizes}")
-    return GPTConfig(**{field.name: config[field.name] for field in dataclasses.fields(GPTConfig) if field.name in config})
+    fields = {field.name: config[field.name] for field in dataclasses.fields(GPTConfig) if field.name in config}
+    if nanogpt:
+        fields.setdefault("mlp", "gelu_exact")
+    return GPTConfig(**fields)
+
+
+def checkpoint_step(checkpoint):
+    """The optimizer steps a checkpoint had: ours and build-nanogpt's 'step', nanoGPT's 'iter_num'; None if neither."""
+    return checkpoint.get("step", checkpoint.get("iter_num"))
 
 
 def find_checkpoints(log_dir):
@@ -75,8 +86,10 @@ def resolve_checkpoint_path(path, flag="-c "):
         if runs:
             raise FileNotFoundError(f"{path} holds no checkpoints; its subdirectories {', '.join(runs)} do: pass one "
                                     f"of them, e.g. {flag}{runs[-1]}")
-        raise FileNotFoundError(f"{path} holds no checkpoints (model_XXXXX.pt): train into it first, or pass a "
-                                f"checkpoint file")
+        if os.path.isfile(os.path.join(path, "ckpt.pt")):  # nanoGPT's out_dir holds one checkpoint by this name
+            return os.path.join(path, "ckpt.pt")
+        raise FileNotFoundError(f"{path} holds no checkpoints (model_XXXXX.pt, or nanoGPT's ckpt.pt): train into it "
+                                f"first, or pass a checkpoint file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist: pass a checkpoint file or a run directory "
                                 f"such as log/")
@@ -350,6 +363,25 @@ def model_from_checkpoint(path, device="cpu", checkpoint=None):
     return model.to(device)
 
 
+# GPT2LMHeadModel's activation_function -> our mlp: the tanh approximation (OpenAI's GPT-2), or the exact erf
+HF_GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}
+
+
+def gpt2_mlp(hf_config, directory):
+    """The mlp of a GPT2LMHeadModel config, or a one-line ValueError for what this GPT does not compute."""
+    activation = hf_config.get("activation_function", "gelu_new")
+    if activation not in HF_GPT2_ACTIVATIONS:
+        raise ValueError(f"{directory}: activation_function {activation!r} is not one this GPT computes "
+                         f"({', '.join(HF_GPT2_ACTIVATIONS)})")
+    unsupported = {key: hf_config[key] for key, ours in [("layer_norm_epsilon", 1e-5),
+                                                          ("scale_attn_by_inverse_layer_idx", False),
+                                                          ("reorder_and_upcast_attn", False)]
+                   if key in hf_config and hf_config[key] != ours}
+    if unsupported:
+        raise ValueError(f"{directory}: {unsupported} differs from GPT-2's, which this GPT computes")
+    return HF_GPT2_ACTIVATIONS[activation]
+
+
 def model_from_pretrained(name_or_path):
     """Hugging Face weights: OpenAI GPT-2 (a hub name: gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a local
     directory), or a local LlamaForCausalLM directory of the shape --arch llama has (what export_hf.py
@@ -362,7 +394,8 @@ def model_from_pretrained(name_or_path):
         model.load_state_dict(llama_to_our_state_dict(read_hf_weights(directory), model.state_dict()))
         return model
     config = GPTConfig(block_size=hf_config["n_positions"], vocab_size=hf_config["vocab_size"],
-                       n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"])
+                       n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"],
+                       mlp=gpt2_mlp(hf_config, directory), mlp_hidden=hf_config.get("n_inner") or 0)
     model = GPT(config)
     model.load_state_dict(hf_to_our_state_dict(read_hf_weights(directory), model.state_dict()))
     return model
@@ -400,6 +433,11 @@ def resolve_resume(resume, log_dir):
         return None
     if resume == "auto":
         return existing[-1][1] if existing else None
+    if os.path.isdir(resume):  # a run directory, as -c takes one: its newest checkpoint
+        try:
+            return resolve_checkpoint_path(resume, flag="--resume ")
+        except FileNotFoundError as e:
+            raise ResumeError(str(e)) from None
     return resume
 
 

@@ -47,10 +47,10 @@ from safetensors.torch import save_file
 
 import plot_log
 import train_gpt2  # its parser's defaults turn a checkpoint's recorded flags back into a command line
-from checkpoint import (HF_TRANSPOSED, LLAMA_BLOCK_NAMES, load_checkpoint, model_from_checkpoint,
+from checkpoint import (HF_TRANSPOSED, LLAMA_BLOCK_NAMES, checkpoint_step, load_checkpoint, model_from_checkpoint,
                         resolve_checkpoint_path)
 from fineweb import read_gpt2_bpe_files
-from model import ARCH_FIELDS, GPT2_VOCAB_SIZE, GPTConfig, RMSNorm, clean_state_dict
+from model import ARCH_FIELDS, GPT, GPT2_VOCAB_SIZE, GPTConfig, RMSNorm, clean_state_dict
 
 EOT = 50256  # <|endoftext|>: GPT-2's bos, eos and unk token
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,10 +59,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # weights and config
 
 
-def to_hf_state_dict(state_dict, dtype=torch.float32):
+def to_hf_state_dict(state_dict, dtype=torch.float32, config=None):
     """Our GPT state_dict -> GPT2LMHeadModel's: same names, Conv1D weights transposed, vocab cropped to 50257,
-    no lm_head (tied). Every tensor is a fresh contiguous copy: safetensors refuses views and shared storage."""
+    no lm_head (tied). Every tensor is a fresh contiguous copy: safetensors refuses views and shared storage.
+    A model without biases (config.bias False, nanoGPT's default) gets zero biases, which compute the same."""
     state_dict = clean_state_dict(state_dict)
+    if config is not None and not config.bias:
+        with torch.device("meta"):  # the biased model's names and shapes only
+            biased = GPT(dataclasses.replace(config, bias=True)).state_dict()
+        state_dict.update({key: torch.zeros(value.shape, dtype=state_dict["transformer.wte.weight"].dtype)
+                           for key, value in biased.items() if key.endswith(".bias") and key not in state_dict})
     wte, lm_head = state_dict["transformer.wte.weight"], state_dict.get("lm_head.weight")
     if wte.size(0) < GPT2_VOCAB_SIZE:
         raise ValueError(f"the model's vocab_size is {wte.size(0)}, smaller than GPT-2's {GPT2_VOCAB_SIZE}: "
@@ -86,14 +92,15 @@ LLAMA_FIELDS = dict(norm="rmsnorm", norm_position="pre", pos_emb="rope", mlp="sw
 
 
 def hf_class(config):
-    """"gpt2" or "llama": the Hugging Face model a GPTConfig can be written as; otherwise a one-line ValueError."""
+    """"gpt2" or "llama": the Hugging Face model a GPTConfig can be written as; otherwise a one-line ValueError.
+    GPT2LMHeadModel also holds a model without biases (as zeros) and the exact GELU (activation_function "gelu")."""
     fields = {k: getattr(config, k) for k in ARCH_FIELDS if k != "zero_init_proj"}
     gpt2 = {k: getattr(GPTConfig(), k) for k in fields}
-    if fields == gpt2:
+    if all(v == gpt2[k] or (k, v) in (("bias", False), ("mlp", "gelu_exact")) for k, v in fields.items()):
         return "gpt2"
     if all(fields[k] == v for k, v in LLAMA_FIELDS.items()):
         return "llama"
-    differ = ", ".join(f"{k}={v}" for k, v in fields.items() if v != gpt2[k] and LLAMA_FIELDS.get(k, v) != v)
+    differ = ", ".join(f"{k}={v}" for k, v in fields.items() if v != gpt2[k])
     raise ValueError(f"export_hf.py writes --arch gpt2 (GPT2LMHeadModel) and --arch llama (LlamaForCausalLM) only; "
                      f"this model has {differ}, which neither Hugging Face class computes")
 
@@ -165,7 +172,7 @@ def hf_config(config, dtype_name="float32"):
         "n_layer": config["n_layer"],
         "n_head": config["n_head"],
         "n_inner": None,  # 4 * n_embd
-        "activation_function": "gelu_new",  # the tanh approximation, as in model.MLP
+        "activation_function": "gelu" if config["mlp"] == "gelu_exact" else "gelu_new",  # model.MLP's GELU
         "layer_norm_epsilon": 1e-5,
         "initializer_range": 0.02,
         "resid_pdrop": 0.1,
@@ -271,7 +278,7 @@ def run_results(checkpoint_path, checkpoint):
     """What the run beside a checkpoint logged up to its step: log.txt's streams, the val loss (step, loss), the
     HellaSwag record (metrics.jsonl's, both conventions, else log.txt's acc_norm), and whether it trained on
     FineWeb-Edu (decided as plot_log.py decides it, from metrics.jsonl's config record)."""
-    step = checkpoint.get("step")
+    step = checkpoint_step(checkpoint)
     run_dir = os.path.dirname(os.path.abspath(checkpoint_path))
     log_path = os.path.join(run_dir, "log.txt")
     streams = {}
@@ -332,7 +339,7 @@ def card_metadata(repo_id, license, results, data_dir):
 def model_card(repo_id, license, checkpoint, config, arch, n_params, results, has_plot):
     """README.md for the hub repo: metadata, the model, how it was trained and how well, how to load it."""
     import yaml  # huggingface_hub's dependency; only --push-to-hub writes a card
-    step, args = checkpoint.get("step"), checkpoint.get("args") or {}
+    step, args = checkpoint_step(checkpoint), checkpoint.get("args") or {}
     lines = ["---", yaml.safe_dump(card_metadata(repo_id, license, results, args.get("data_dir")),
                                    sort_keys=False).strip(), "---", "", f"# {repo_id.split('/')[1]}", "",
              f"A {n_params:,}-parameter language model trained from scratch with this repository's "
@@ -456,7 +463,8 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False, repo_id=None,
         hf_state, config_json = to_llama_state_dict(model.state_dict(), model.config, DTYPES[dtype]), \
             llama_hf_config(model.config, dtype)
     else:
-        hf_state, config_json = to_hf_state_dict(model.state_dict(), DTYPES[dtype]), hf_config(config, dtype)
+        hf_state, config_json = to_hf_state_dict(model.state_dict(), DTYPES[dtype], model.config), \
+            hf_config(config, dtype)
     n_params = sum(tensor.numel() for tensor in hf_state.values())
     with written_whole(out_dir) as tmp_dir:
         save_file(hf_state, os.path.join(tmp_dir, "model.safetensors"), metadata={"format": "pt"})
@@ -466,7 +474,7 @@ def export(checkpoint_path, out_dir, dtype="float32", force=False, repo_id=None,
         if repo_id:
             write_card(tmp_dir, repo_id, license, checkpoint_path, checkpoint, model.config, hf_class(model.config),
                        n_params)
-    return checkpoint.get("step"), n_params
+    return checkpoint_step(checkpoint), n_params
 
 
 # -----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path, save_checkpoint
+from checkpoint import checkpoint_step, load_checkpoint, model_from_checkpoint, resolve_checkpoint_path, save_checkpoint
 from fineweb import count, get_tokenizer, list_shards, open_shard, save_json_atomically
 from hardware import DTYPES, autocast, pick_device, pick_dtype
 from model import GPT, flops_per_token
@@ -91,7 +91,7 @@ def load_model(args, device):
         model = model_from_checkpoint(path, device, checkpoint=checkpoint)
         train_args = checkpoint.get("args")
         seq_len = train_args.get("seq_len") if isinstance(train_args, dict) else None
-        return model, path, checkpoint.get("step"), seq_len
+        return model, path, checkpoint_step(checkpoint), seq_len
     return GPT.from_pretrained(args.model).to(device), args.model, None, None
 
 

@@ -13,7 +13,8 @@ A reader's map of the architecture fields (defaults = GPT-2) and the --arch pres
     norm_position   pre | post                   pre: x + f(norm(x)); post: norm(x + f(x)) (no ln_f): postln
     pos_emb         learned | rope               rotary q/k, no wpe table: llama, modern
     rope_base       10000.0                      RoPE's theta
-    mlp             gelu | swiglu | relu2        swiglu: llama; relu2 (ReLU squared): modern
+    mlp             gelu | swiglu | relu2        swiglu: llama; relu2 (ReLU squared): modern; gelu_exact: nanoGPT's
+                    | gelu_exact                 erf GELU (its checkpoints; gelu is GPT-2's tanh approximation)
     mlp_hidden      0 = 4*n_embd                 llama: the width that keeps GPT-2's parameter count (swiglu_hidden)
     bias            True                         biases in every Linear and LayerNorm; off: llama, modern
     qk_norm         False                        RMSNorm on each head's q and k: modern
@@ -96,7 +97,7 @@ class GPTConfig:
 ARCH_FIELDS = ("norm", "norm_position", "pos_emb", "rope_base", "mlp", "mlp_hidden", "bias", "qk_norm", "tie_head",
                "zero_init_proj")
 CHOICES = dict(norm=("layernorm", "rmsnorm"), norm_position=("pre", "post"), pos_emb=("learned", "rope"),
-               mlp=("gelu", "swiglu", "relu2"))
+               mlp=("gelu", "swiglu", "relu2", "gelu_exact"))
 
 PRESETS = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
@@ -240,7 +241,7 @@ class MLP(nn.Module):
         self.kind = config.mlp
         # SwiGLU's gate and up projections are one matmul: c_fc's first `hidden` rows gate, the rest go up
         self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.kind == "swiglu" else hidden, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.gelu = nn.GELU(approximate="none" if self.kind == "gelu_exact" else "tanh")  # GPT-2's is "gelu_new"
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
 
     def forward(self, x):

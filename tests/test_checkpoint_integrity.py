@@ -278,5 +278,6 @@ def test_a_directory_without_checkpoints_names_the_subdirectory_that_has_them(tm
         resolve_checkpoint_path(log)
     assert str(missing.value) == (f"{log} holds no checkpoints; its subdirectories {log}demo/, {log}other/ do: pass "
                                   f"one of them, e.g. -c {log}other/")
-    with pytest.raises(FileNotFoundError, match=r"holds no checkpoints \(model_XXXXX\.pt\): train into it first"):
+    with pytest.raises(FileNotFoundError, match=r"holds no checkpoints \(model_XXXXX\.pt, or nanoGPT's ckpt\.pt\): "
+                       r"train into it first"):
         resolve_checkpoint_path(str(tmp_path))  # log/ holds none itself, and no deeper search is made

@@ -2,6 +2,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -221,6 +222,50 @@ def test_llama_export_round_trips_through_our_from_pretrained(exported_llama):
     idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(idx)[0], model(idx)[0][..., :50257], atol=1e-5, rtol=1e-5)
+
+
+def test_a_nanogpt_checkpoint_exports_as_gpt2_with_zero_biases_and_the_exact_gelu(tmp_path):
+    """nanoGPT's default model: no biases (bias=False) and nn.GELU()'s erf, saved under model_args and iter_num in
+    out/ckpt.pt. GPT2LMHeadModel holds it exactly with zero biases and activation_function "gelu": transformers' own
+    GPT-2 gives our logits, and -c out/ finds the ckpt.pt."""
+    from transformers import GPT2LMHeadModel
+    torch.manual_seed(0)
+    config = GPTConfig(**TINY, bias=False, mlp="gelu_exact")
+    model = GPT(config).eval()
+    with torch.no_grad():  # random norm gains, so that a missing norm shows in the logits
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.normal_(1.0, 0.1)
+    model_args = dict(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                      block_size=config.block_size, bias=False, vocab_size=50304, dropout=0.0)
+    os.makedirs(tmp_path / "out")
+    torch.save({"model": {"_orig_mod." + k: v for k, v in model.state_dict().items()}, "model_args": model_args,
+                "iter_num": 10, "best_val_loss": torch.tensor(3.0), "config": {"dataset": "openwebtext"}},
+               tmp_path / "out" / "ckpt.pt")
+    result = run_script("export_hf.py", str(tmp_path / "out"), str(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote {tmp_path / 'hf'} from {tmp_path / 'out' / 'ckpt.pt'} (step 10)\n"
+    assert json.load(open(tmp_path / "hf" / "config.json"))["activation_function"] == "gelu"
+    hf_model = GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+    idx = torch.randint(0, 50257, (2, 16))
+    with torch.no_grad():
+        ours = model(idx)[0][..., :50257]
+        torch.testing.assert_close(hf_model(idx).logits, ours, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(GPT.from_pretrained(str(tmp_path / "hf")).eval()(idx)[0], ours, atol=1e-5,
+                                   rtol=1e-5)
+        tanh = GPT(dataclasses.replace(config, mlp="gelu")).eval()
+        tanh.load_state_dict(model.state_dict())
+        assert (tanh(idx)[0][..., :50257] - ours).abs().max() > 1e-5  # the GELU matters at this tolerance
+
+
+def test_a_gpt2_config_we_do_not_compute_is_refused_on_reading(tmp_path, exported):
+    _, _, out_dir = exported
+    for key, value in [("activation_function", "relu"), ("layer_norm_epsilon", 1e-6)]:
+        shutil.copytree(out_dir, tmp_path / key)
+        config = json.load(open(tmp_path / key / "config.json"))
+        json.dump({**config, key: value}, open(tmp_path / key / "config.json", "w"))
+        with pytest.raises(ValueError, match=f"{key}"):
+            GPT.from_pretrained(str(tmp_path / key))
 
 
 @pytest.mark.parametrize("arch", ["modern", "postln"])

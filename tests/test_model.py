@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from checkpoint import model_from_checkpoint
 from model import (ARCHS, FLOPS_CONVENTION, GPT, GPTConfig, RMSNorm, apply_rope, clean_state_dict, flops_per_token,
@@ -343,7 +344,7 @@ def test_loads_a_build_nanogpt_checkpoint(tmp_path):
 
 def test_loads_a_nanogpt_checkpoint_with_or_without_biases(tmp_path):
     for bias in (True, False):  # nanoGPT's bias=False: no biases in Linears and LayerNorms, as our bias=False
-        model = tiny_model(seed=4, vocab_size=101, bias=bias)
+        model = tiny_model(seed=4, vocab_size=101, bias=bias, mlp="gelu_exact")  # nanoGPT's MLP: nn.GELU(), erf
         model_args = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, bias=bias, vocab_size=101, dropout=0.0)
         state = {"_orig_mod." + k: v for k, v in model.state_dict().items()}  # nanoGPT saves the compiled module's
         path = tmp_path / "ckpt.pt"
@@ -354,6 +355,13 @@ def test_loads_a_nanogpt_checkpoint_with_or_without_biases(tmp_path):
         assert torch.equal(loaded(idx)[0], model(idx)[0])
         assert not bias or any(k.endswith("ln_1.bias") for k in loaded.state_dict())
         assert bias or not any(k.endswith(".bias") for k in loaded.state_dict())
+        # the MLP is nanoGPT's, c_proj(GELU()(c_fc(x))) with the exact erf GELU, written out here with F.gelu; GPT-2's
+        # tanh approximation differs by up to ~5e-4 per activation, far above float rounding
+        mlp, x = loaded.transformer.h[0].mlp, torch.randn(3, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(mlp(x), mlp.c_proj(F.gelu(mlp.c_fc(x))), rtol=0, atol=0)
+            z = 3 * torch.randn(1000)  # pre-activations of a trained model's size, where the two GELUs part
+            assert (mlp.gelu(z) - F.gelu(z, approximate="tanh")).abs().max() > 1e-4
 
 
 # -----------------------------------------------------------------------------

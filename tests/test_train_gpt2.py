@@ -261,6 +261,16 @@ def test_resume_refuses_flags_that_change_the_run(tmp_path, reference):
     assert sorted(os.listdir(log_dir)) == ["model_00004.pt"]  # nothing written
 
 
+def test_resume_takes_a_run_directory_as_c_does(tmp_path, reference):
+    # --resume DIR: that run's newest checkpoint (as -c DIR in every other script), into a new --log-dir
+    log_dir = str(tmp_path / "branch")
+    result = run(["--data-dir", reference["data_dir"], "--log-dir", log_dir, "--resume", reference["log_dir"]] + TINY)
+    assert f"resuming from {os.path.join(reference['log_dir'], 'model_00012.pt')} at step 12" in result.stdout
+    empty = run(["--data-dir", reference["data_dir"], "--log-dir", str(tmp_path / "other"), "--resume",
+                 str(tmp_path)] + TINY, expect_rc=2)
+    assert empty.stderr.startswith(f"error: {tmp_path} holds no checkpoints") and empty.stderr.count("\n") == 1
+
+
 def test_resume_may_extend_the_run_and_change_cadence_and_batch_split(tmp_path, reference):
     _, result = resumed_run(tmp_path, reference, ["--max-steps", "14", "--eval-every", "7", "--checkpoint-every",
                                                   "7", "--batch-size", "8"])
