@@ -156,13 +156,11 @@ LOCAL_FORMATS = (".jsonl", ".json", ".parquet") + TEXT_FORMATS
 # a .jsonl.gz, .json.zst, .txt.xz...: corpora ship compressed (C4, Dolma, the Pile), and are read as they are
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 
-
 def uncompressed_name(path):
     for suffix in COMPRESSIONS:
         if path.endswith(suffix):
             return path[:-len(suffix)]
     return path
-
 
 def open_text(path):
     """A (possibly compressed) file as text; a stray bad byte is not worth stopping for."""
@@ -221,7 +219,6 @@ def json_records(path):
 def read_text(path):
     with open_text(path) as f:
         return f.read()
-
 
 def text_of(value, path, where, text_field):
     """A record's document: its text, or None for a null (an empty record, left out)."""
