@@ -154,8 +154,9 @@ def model_card_line(model_name):
     """For a -m model from the hub (a Space's, say): a link to its model card, and the commit it is pinned to."""
     if not model_name or os.path.isdir(model_name):
         return None
+    from fineweb import hub_endpoint
     repo, _, revision = model_name.partition("@")
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    endpoint = hub_endpoint()
     pinned = f", at commit `{revision[:12]}`" if revision else ""
     return f"Model card: [{repo}]({endpoint}/{repo}){pinned}"
 

@@ -33,7 +33,7 @@ import hardware
 import memory
 from hardware import DTYPES, estimate_mfu, format_mfu, pick_dtype
 from model import ARCHS, FLOPS_CONVENTION, GPT, GPTConfig, PRESETS, flops_per_token
-from train_gpt2 import forward_backward, loss_chunk_rows, to_device  # the training step, not a copy of it
+from train_gpt2 import chunked_loss_rows, forward_backward, loss_chunk_rows, to_device  # the training step itself
 
 # -----------------------------------------------------------------------------
 # defaults, in one place: a GPU measures real GPT-2 training; a CPU runs a smoke-test-sized model
@@ -307,9 +307,7 @@ def make_train_step(args, compile=None, fused=None, attention="flash", batches=N
 
     # train_gpt2.py's step: its micro-step (forward_backward) and its loss chunks, around them what its loop does
     # in one process on random tokens (no DDP all-reduce, a constant lr, no spike test, no log line)
-    loss_chunk = loss_chunk_rows(args.config.vocab_size, device_type, args.dtype)
-    if loss is not None and loss != default_loss(args):  # the one that train_gpt2.py does not take here
-        loss_chunk = 0 if loss == "plain" else max(1, memory.LOSS_CHUNK_ELEMENTS // args.config.vocab_size)
+    loss_chunk = chunked_loss_rows(args.config.vocab_size) if (loss or default_loss(args)) == "chunked" else 0
     prefetched = [to_device(batches.next_batch(), device)]
 
     def step():
@@ -483,11 +481,11 @@ def compare_settings(args):
             {**baseline, "attention": "explicit"}, {**baseline, "loss": other_loss}]
 
 
-def try_run(failures, name, function, *function_args):
-    """function(*function_args), or None with the reason in failures[name]: a variant that cannot run here
-    (no C++ compiler, out of memory) becomes a table row that says so, not a crash."""
+def try_run(failures, name, function, *function_args, **function_kwargs):
+    """function(*function_args, **function_kwargs), or None with the reason in failures[name]: a variant that
+    cannot run here (no C++ compiler, out of memory) becomes a table row that says so, not a crash."""
     try:
-        return function(*function_args)
+        return function(*function_args, **function_kwargs)
     except Exception as e:
         failures[name] = f"unavailable: {first_line(e)}"
         return None
@@ -521,8 +519,7 @@ def run_compare(args):
     warmup_steps = max(args.warmup, 1)  # at least one: it is where compile happens and failures show up
     steps, warmup_s, failures = {}, {}, {}
     for name, setting in zip(names, settings):
-        built = try_run(failures, name, make_train_step, args, setting["compile"], setting["fused"],
-                        setting["attention"], None, LEARNING_RATE, setting["loss"])
+        built = try_run(failures, name, make_train_step, args, **setting)
         if built is not None:
             warmup_s[name] = try_run(failures, name, warm_up, built[0], warmup_steps, args.device_type)
             if name not in failures:

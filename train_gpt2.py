@@ -373,6 +373,11 @@ def loss_chunk_rows(vocab_size, device_type, dtype):
     by the B*T targets is below fp16's 6e-8 for nearly every token)."""
     if device_type != "cuda" or not memory.cuda_loss_is_chunked(dtype):  # the memory model reads the same rule
         return 0
+    return chunked_loss_rows(vocab_size)
+
+
+def chunked_loss_rows(vocab_size):
+    """Rows per chunk wherever the chunked loss runs: LOSS_CHUNK_ELEMENTS logits at a time."""
     return max(1, memory.LOSS_CHUNK_ELEMENTS // vocab_size)
 
 

@@ -42,11 +42,10 @@ RECIPES = {  # name -> train_gpt2.py flags on top of --demo
 # and val tokens. demo: train_gpt2.py's --demo preset (4 layers, 64 wide, T=64) for a CPU. gpt2-124m: GPT-2 124M's
 # shape (12 layers, 768 wide, 12 heads, T=1024), 65,536 tokens per step, GPT-2's LR, for a GPU
 PRESETS = {
-    "demo": dict(flags=["--demo"], max_lr=3e-3, min_lr=3e-4, warmup=20, max_steps=150, val_tokens=8192,
-                 tokens_per_step=train_gpt2.DEMO_PRESET["total_batch_size"]),
+    "demo": dict(flags=["--demo"], max_lr=3e-3, min_lr=3e-4, warmup=20, max_steps=150, val_tokens=8192),
     "gpt2-124m": dict(flags=["--model", "gpt2", "--seq-len", "1024", "--batch-size", "16", "--total-batch-size",
                              "65536", "--hellaswag-every", "0"], max_lr=6e-4, min_lr=6e-5, warmup=100,
-                      max_steps=300, val_tokens=65536, tokens_per_step=65536),
+                      max_steps=300, val_tokens=65536),
 }
 
 
@@ -174,8 +173,8 @@ def recipes(args):
     if base not in runs:
         raise RuntimeError(f"no finished {base} run to measure the others against")
     target = mean_std([r["final_val"] for r in runs[base]])[0]
-    gpt2_dt = mean_std([r["median_dt_ms"] for r in runs[base]])[0]
-    rows, tokens_per_step = [], PRESETS[args.preset]["tokens_per_step"]
+    base_dt = mean_std([r["median_dt_ms"] for r in runs[base]])[0]
+    rows, tokens_per_step = [], train_gpt2.parse_args(PRESETS[args.preset]["flags"]).total_batch_size
     for name, results in runs.items():
         reached = [next((s for s, v in sorted(r["val"].items()) if v <= target), None) for r in results]
         step_ms = mean_std([r["median_dt_ms"] for r in results])[0]
@@ -183,7 +182,7 @@ def recipes(args):
         rows.append(dict(recipe=name, flags=" ".join(RECIPES[name]), final_val_mean=mean, final_val_std=std,
                          seeds=[int(r["name"].rsplit("-s", 1)[1]) for r in results],
                          final_vals=[r["final_val"] for r in results], params=results[0]["params"],
-                         step_time_ratio=step_ms / gpt2_dt, tokens_per_sec=tokens_per_step / (step_ms / 1000),
+                         step_time_ratio=step_ms / base_dt, tokens_per_sec=tokens_per_step / (step_ms / 1000),
                          steps_to_gpt2_final=reached,
                          tokens_to_gpt2_final=[None if s is None else s * tokens_per_step for s in reached]))
     lines = [f"Target: {base}'s mean final val loss {target:.4f} at step {args.max_steps} ({tokens_per_step:,} tokens "
